@@ -1,0 +1,3 @@
+from tlsproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Command line: `tlsproxy [run]`, `tlsproxy check`, `tlsproxy demo`.
+
+Flags follow the MySQL client where one exists and override the config file.
+Exit codes: 0 ok, 1 a check or the demo failed, 2 a config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tlsproxy import __version__
+from tlsproxy.config import ConfigError, ProxyConfig, load_config_file, parse_config, validate_security
+from tlsproxy.logs import setup_logging
+
+log = logging.getLogger("tlsproxy")
+
+# flag dest -> route key in the config file
+ROUTE_FLAGS = {
+    "listen": "listen",
+    "unix_socket_mode": "unix_socket_mode",
+    "upstream": "upstream",
+    "ssl_mode": "ssl_mode",
+    "ssl_ca": "ssl_ca",
+    "ssl_capath": "ssl_capath",
+    "ssl_cert": "ssl_cert",
+    "ssl_key": "ssl_key",
+    "ssl_crl": "ssl_crl",
+    "tls_version": "tls_version",
+    "ssl_cipher": "ssl_cipher",
+    "tls_ciphersuites": "tls_ciphersuites",
+    "tls_server_name": "tls_server_name",
+    "allow_legacy_tls": "allow_legacy_tls",
+    "connect_timeout": "connect_timeout",
+    "handshake_timeout": "handshake_timeout",
+    "idle_timeout": "idle_timeout",
+    "max_connections": "max_connections",
+}
+TOP_FLAGS = {
+    "auth_rsa_key": "auth_rsa_key",
+    "log_level": "log_level",
+    "log_format": "log_format",
+    "event_loop": "event_loop",
+    "allow_non_loopback": "allow_non_loopback",
+}
+
+
+def _proxy_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("proxy (flags override --config)")
+    group.add_argument("--config", "-c", type=Path, help="YAML config file (see config.example.yaml)")
+    group.add_argument("--listen", help="HOST:PORT or a Unix socket path (default 127.0.0.1:3306)")
+    group.add_argument("--unix-socket-mode", help="file mode of a Unix socket listener (default 0660)")
+    group.add_argument("--upstream", help="MySQL server HOST:PORT (port defaults to 3306)")
+    group.add_argument("--ssl-mode", help="VERIFY_IDENTITY (default), VERIFY_CA, REQUIRED or DISABLED")
+    group.add_argument("--ssl-ca", help="CA bundle: PEM, or PKCS#7 (.p7b) in PEM or DER")
+    group.add_argument("--ssl-capath", help="directory of hashed CA certificates")
+    group.add_argument("--ssl-cert", help="client certificate (for accounts with REQUIRE X509)")
+    group.add_argument("--ssl-key", help="client certificate key")
+    group.add_argument("--ssl-crl", help="CRL file (PEM) checked for the server certificate")
+    group.add_argument("--tls-version", help="allowed versions, e.g. TLSv1.2,TLSv1.3 (default)")
+    group.add_argument("--ssl-cipher", help="TLS 1.2 cipher list (OpenSSL syntax)")
+    group.add_argument("--tls-ciphersuites", help="TLS 1.3 suites, e.g. TLS_AES_256_GCM_SHA384")
+    group.add_argument("--tls-server-name", help="name to verify and send as SNI (for IP upstreams)")
+    group.add_argument("--allow-legacy-tls", action="store_const", const=True, default=None,
+                       help="permit TLSv1/TLSv1.1 in --tls-version (insecure; for old servers only)")
+    group.add_argument("--connect-timeout", help="upstream TCP connect timeout, seconds (default 10)")
+    group.add_argument("--handshake-timeout", help="whole connection phase timeout, seconds (default 30)")
+    group.add_argument("--idle-timeout", help="close relayed connections idle this long (default off)")
+    group.add_argument("--max-connections", type=int, help="per route (default 1000); more get ERR 1040")
+    group.add_argument("--auth-rsa-key", help="RSA private key (PEM) for caching_sha2/sha256 full auth; "
+                                              "generated at start when not given")
+    group.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop")
+    group.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+    group.add_argument("--log-format", choices=["text", "json"])
+    group.add_argument("--allow-non-loopback", action="store_const", const=True, default=None,
+                       help="permit a TCP listener on a non-loopback address (the client side is plaintext)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _proxy_options()
+    parser = argparse.ArgumentParser(
+        prog="tlsproxy",
+        description="Plaintext MySQL in, verified TLS out: a local proxy for MySQL clients that cannot do TLS.",
+    )
+    parser.add_argument("--version", action="version", version=f"tlsproxy {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", parents=[common], help="run the proxy (the default command)")
+    commands.add_parser("check", parents=[common],
+                        help="validate the config and connect upstream once per route: TLS version, cipher, "
+                             "certificate chain, verification result")
+    demo = commands.add_parser("demo", help="start a local TLS MariaDB with a fresh CA, the proxy in front, "
+                                            "and run a query through it")
+    demo.add_argument("--once", action="store_true", help="exit after the query instead of staying up")
+    demo.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ProxyConfig:
+    raw: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    base = args.config.resolve().parent if args.config else None
+    route_overrides = {key: getattr(args, dest) for dest, key in ROUTE_FLAGS.items() if getattr(args, dest) is not None}
+    for dest, key in TOP_FLAGS.items():
+        if getattr(args, dest) is not None:
+            raw[key] = getattr(args, dest)
+    routes = raw.get("routes")
+    if route_overrides:
+        if not routes:
+            raw["routes"] = [route_overrides]
+        elif isinstance(routes, list) and len(routes) == 1 and isinstance(routes[0], dict):
+            routes[0].update(route_overrides)
+        else:
+            flag = "--" + next(iter(route_overrides)).replace("_", "-")
+            raise ConfigError(flag, f"the config file has {len(routes) if isinstance(routes, list) else 'several'} "
+                                    "routes; set per-route values in the file")
+    elif not routes:
+        raise ConfigError("--upstream", "no route configured: give --upstream HOST:PORT (and --listen), or --config FILE")
+    config = parse_config(raw, base=base)
+    validate_security(config)
+    return config
+
+
+def load_auth_key(config: ProxyConfig):  # -> certs.AuthRsaKey
+    from tlsproxy import certs
+
+    if config.auth_rsa_key is not None:
+        try:
+            return certs.AuthRsaKey.load(config.auth_rsa_key)
+        except certs.CertificateFileError as exc:
+            raise ConfigError("auth_rsa_key", str(exc)) from None
+    return certs.AuthRsaKey.generate()
+
+
+def run_event_loop(main: Any, event_loop: str) -> Any:
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency
+            log.warning("uvloop is not installed; using the asyncio event loop")
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
+async def serve(config: ProxyConfig) -> int:
+    from tlsproxy.server import Proxy
+
+    proxy = Proxy(config, load_auth_key(config))
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("tlsproxy %s ready (%s event loop)", __version__, config.event_loop)
+    await stop.wait()
+    log.info("shutting down")
+    await proxy.stop(grace_seconds=0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "check", "demo", "-h", "--help", "--version"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        setup_logging("INFO")
+        from tlsproxy.demo import run_demo
+
+        return run_event_loop(run_demo(once=args.once, event_loop=args.event_loop), args.event_loop)
+    try:
+        config = config_from_args(args)
+        setup_logging(config.log_level, config.log_format)
+        if args.command == "check":
+            from tlsproxy.check import run_check
+
+            return run_check(config)
+        return run_event_loop(serve(config), config.event_loop)
+    except ConfigError as exc:
+        print(f"tlsproxy: {exc}", file=sys.stderr)
+        return 2

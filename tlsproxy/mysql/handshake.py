@@ -1,0 +1,542 @@
+"""The connection phase as a pure state machine: bytes in, effects out, no I/O (PROTOCOL.md §4-§6).
+
+The driver feeds what each peer sends (`receive_server_data`, `receive_client_data`), reports that the
+upstream TLS handshake finished (`tls_established`), and carries out the returned effects in order.
+Errors are raised as `TlsProxyError` subclasses; `error_packet` then gives the ERR the client expects.
+
+Transitions (every one of them lives in this file):
+
+    GREETING ──server greeting──▶ CLIENT_RESPONSE ──client response──▶ TLS_PENDING ──tls_established──▶ AUTH
+                                                    └─(upstream_tls off)───────────────────────────────▶ AUTH
+    AUTH ──server OK──▶ RELAY ──client COM_CHANGE_USER──▶ CHANGE_USER ──server OK/ERR──▶ RELAY
+    AUTH ──server ERR──▶ CLOSED;  any error ──▶ CLOSED
+
+In AUTH and CHANGE_USER the machine relays packets with two sequence counters (one per leg), and plays
+the server's side of the caching_sha2_password / sha256_password RSA exchange with the proxy's own key,
+sending the password upstream inside TLS as a server on a secure link expects (PROTOCOL.md §5.3, §5.4).
+In RELAY it forwards client bytes as they come, following frame headers only to spot COM_CHANGE_USER;
+server bytes do not pass through the machine at all unless `inspecting_server_data` is true.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+from tlsproxy.errors import (
+    AuthEmulationError,
+    ClientCapabilityError,
+    ClientProtocolError,
+    ClientTlsRequestError,
+    ServerProtocolError,
+    TlsInjectionError,
+    TlsProxyError,
+    UpstreamTlsUnsupportedError,
+)
+from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, FrameSkipper, encode_frame
+from tlsproxy.mysql.constants import (
+    CACHING_SHA2_PERFORM_FULL_AUTH,
+    CACHING_SHA2_REQUEST_PUBLIC_KEY,
+    MASKED_CAPABILITIES,
+    MAX_PACKET_PAYLOAD,
+    NONCE_SIZE,
+    SHA256_REQUEST_PUBLIC_KEY,
+    SSL_REQUEST_SIZE,
+    AuthPlugin,
+    Capability,
+    Command,
+    PacketHeader,
+)
+from tlsproxy.mysql.messages import (
+    ErrPacket,
+    HandshakeResponse,
+    InitialHandshake,
+    parse_auth_switch,
+    parse_change_user,
+    parse_handshake_response,
+    parse_initial_handshake,
+    patch_client_capabilities,
+    patch_greeting_capabilities,
+    replace_auth_response,
+    ssl_request_from_response,
+)
+
+DEFAULT_MAX_HANDSHAKE_PACKET = 1 << 20
+"""No connection-phase packet is near this size; a larger one is refused rather than buffered."""
+
+
+# ---- effects -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendToServer:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartUpstreamTls:
+    """Upgrade the upstream socket now. No server byte is buffered (checked), and none may be read
+    from the plaintext socket before the TLS handshake takes it over."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartRelay:
+    """Authentication succeeded; from now on bytes flow opaquely (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close both legs once what was sent is flushed."""
+
+    reason: str
+
+
+Effect = Union[SendToClient, SendToServer, StartUpstreamTls, StartRelay, CloseConnection]
+
+
+class AuthKey(Protocol):
+    """The proxy's RSA key for the password exchange (implemented by tlsproxy.certs.AuthRsaKey)."""
+
+    public_pem: bytes
+    modulus_bytes: int
+
+    def decrypt(self, ciphertext: bytes) -> bytes | None: ...
+
+    def decrypt_pkcs1v15(self, ciphertext: bytes) -> bytes | None: ...
+
+
+class State(enum.Enum):
+    GREETING = "greeting"
+    CLIENT_RESPONSE = "client_response"
+    TLS_PENDING = "tls_pending"
+    AUTH = "auth"
+    RELAY = "relay"
+    CHANGE_USER = "change_user"
+    CLOSED = "closed"
+
+
+class _Await(enum.Enum):
+    """What the RSA emulation expects next from the client, if anything."""
+
+    NOTHING = enum.auto()
+    FULL_AUTH_REPLY = enum.auto()  # after caching_sha2 0x04: key request, ciphertext or cleartext
+    SHA256_FIRST = enum.auto()  # after a switch to sha256_password: key request, ciphertext or cleartext
+    CIPHERTEXT = enum.auto()  # after the proxy sent its public key
+    INITIAL_CIPHERTEXT = enum.auto()  # sha256 key request inside the HandshakeResponse (§5.4)
+
+
+_OLD_RSA_PADDING_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
+
+
+class HandshakeMachine:
+    def __init__(
+        self,
+        *,
+        upstream_tls: bool = True,
+        auth_key: AuthKey | None = None,
+        max_handshake_packet: int = DEFAULT_MAX_HANDSHAKE_PACKET,
+    ) -> None:
+        self.upstream_tls = upstream_tls
+        self._auth_key = auth_key
+        self._intercept_rsa = upstream_tls and auth_key is not None
+        self._max_packet = max_handshake_packet
+        self.state = State.GREETING
+        self._server_frames = FrameBuffer(max_handshake_packet)
+        self._client_frames = FrameBuffer(max_handshake_packet)
+        self._client_seq = 0
+        self._server_seq = 0
+        self._greeting_sent = False
+        self.greeting: InitialHandshake | None = None
+        self.client_response: HandshakeResponse | None = None
+        self._client_response_payload = b""
+        self._nonce = b""
+        self.auth_plugin = ""
+        self.rsa_exchange_emulated = False
+        self._await = _Await.NOTHING
+        self._relay_skipper = FrameSkipper(self._is_change_user_start)
+        self._relay_tail = b""
+        self._change_user_pending_client = b""
+
+    # ---- public API ----------------------------------------------------------------------------
+
+    @property
+    def inspecting_server_data(self) -> bool:
+        """False once the relay runs: then server bytes go to the client without the machine."""
+        return self.state is not State.RELAY
+
+    def receive_server_data(self, data: bytes) -> list[Effect]:
+        if self.state is State.TLS_PENDING:
+            self.state = State.CLOSED
+            raise TlsInjectionError(
+                "upstream sent data between the SSLRequest and the TLS handshake; refusing the connection",
+            )
+        if self.state is State.RELAY:
+            return [SendToClient(data)] if data else []
+        if self.state is State.CLOSED:
+            return []
+        try:
+            self._server_frames.feed(data)
+            effects: list[Effect] = []
+            while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER):
+                frame = self._server_frames.next_frame()
+                if frame is None:
+                    break
+                effects += self._on_server_frame(frame)
+            if self.state is State.RELAY and len(self._server_frames):
+                effects.append(SendToClient(self._server_frames.take_rest()))
+            return effects
+        except DecodeError as exc:
+            self.state = State.CLOSED
+            raise ServerProtocolError(f"malformed packet from upstream: {exc}") from None
+        except TlsProxyError:
+            self.state = State.CLOSED
+            raise
+
+    def receive_client_data(self, data: bytes) -> list[Effect]:
+        if self.state is State.RELAY:
+            return self._relay_client_data(data)
+        if self.state is State.CLOSED:
+            return []
+        try:
+            self._client_frames.feed(data)
+            return self._drain_client_frames()
+        except DecodeError as exc:
+            self.state = State.CLOSED
+            raise ClientProtocolError(f"malformed packet from client: {exc}") from None
+        except TlsProxyError:
+            self.state = State.CLOSED
+            raise
+
+    def tls_established(self) -> list[Effect]:
+        if self.state is not State.TLS_PENDING:
+            raise RuntimeError(f"tls_established in state {self.state}")
+        self.state = State.AUTH
+        try:
+            effects = self._send_client_response_upstream()
+            return effects + self._drain_client_frames()
+        except TlsProxyError:
+            self.state = State.CLOSED
+            raise
+
+    def error_packet(self, error: TlsProxyError) -> bytes | None:
+        """The ERR frame that tells the client about `error`, stamped with the id it expects; None once
+        the relay runs (a client mid-command would misread it: the driver just closes)."""
+        if self.state is State.RELAY:
+            return None
+        if not self._greeting_sent:
+            sequence_id, protocol_41 = 0, False
+        else:
+            sequence_id = self._client_seq
+            protocol_41 = self.client_response.protocol_41 if self.client_response else True
+        payload = ErrPacket(error.errno, error.sqlstate, error.client_message).encode_payload(
+            protocol_41=protocol_41,
+        )
+        self.state = State.CLOSED
+        return encode_frame(sequence_id, payload[: MAX_PACKET_PAYLOAD - 1])
+
+    # ---- server side ---------------------------------------------------------------------------
+
+    def _on_server_frame(self, frame: Frame) -> list[Effect]:
+        if self.state is State.GREETING:
+            return self._on_greeting(frame)
+        if self.state is State.CLIENT_RESPONSE:
+            raise ServerProtocolError("upstream sent a packet before the client answered its greeting")
+        self._check_sequence(frame, self._server_seq, ServerProtocolError, "upstream")
+        self._server_seq += 1
+        return self._on_server_auth_packet(frame.payload)
+
+    def _on_greeting(self, frame: Frame) -> list[Effect]:
+        payload = frame.payload
+        if payload[:1] == bytes((PacketHeader.ERR,)):
+            # Too many connections, host blocked...: the server's own words, already in the
+            # pre-greeting format; pass them on as they are.
+            self.state = State.CLOSED
+            return [SendToClient(frame.restamped(0).encode()), CloseConnection("upstream refused with an ERR greeting")]
+        if frame.sequence_id != 0:
+            raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
+        greeting = parse_initial_handshake(payload)
+        if not greeting.capability_flags & Capability.PROTOCOL_41:
+            raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
+        if self.upstream_tls and not greeting.capability_flags & Capability.SSL:
+            raise UpstreamTlsUnsupportedError(
+                "upstream does not offer TLS; refusing to send credentials in plaintext",
+            )
+        self.greeting = greeting
+        self._nonce = greeting.nonce
+        self.auth_plugin = greeting.auth_plugin_name
+        patched = patch_greeting_capabilities(payload, greeting, MASKED_CAPABILITIES)
+        self.state = State.CLIENT_RESPONSE
+        self._greeting_sent = True
+        self._client_seq = 1
+        self._server_seq = 1
+        return [SendToClient(encode_frame(0, patched))]
+
+    def _on_server_auth_packet(self, payload: bytes) -> list[Effect]:
+        head = payload[0] if payload else None
+        if head == PacketHeader.OK:
+            return self._finish_auth(payload, succeeded=True)
+        if head == PacketHeader.ERR:
+            return self._finish_auth(payload, succeeded=False)
+        if head == PacketHeader.AUTH_SWITCH:
+            switch = parse_auth_switch(payload)
+            self.auth_plugin = switch.plugin_name
+            if switch.auth_plugin_data:
+                self._nonce = switch.nonce
+            if self._intercept_rsa and switch.plugin_name == AuthPlugin.SHA256:
+                self._await = _Await.SHA256_FIRST
+            else:
+                self._await = _Await.NOTHING
+            return [self._to_client(payload)]
+        if (
+            self._intercept_rsa
+            and self.auth_plugin == AuthPlugin.CACHING_SHA2
+            and payload in (b"\x01\x04", b"\x04")
+        ):
+            # perform_full_authentication: upstream (on TLS) now wants the cleartext password. Ask the
+            # client in the MySQL form (0x01-wrapped), which every client library reads.
+            self._await = _Await.FULL_AUTH_REPLY
+            return [self._to_client(bytes((PacketHeader.AUTH_MORE_DATA, CACHING_SHA2_PERFORM_FULL_AUTH)))]
+        return [self._to_client(payload)]
+
+    def _finish_auth(self, payload: bytes, *, succeeded: bool) -> list[Effect]:
+        effects: list[Effect] = [self._to_client(payload)]
+        self._await = _Await.NOTHING
+        in_change_user = self.state is State.CHANGE_USER
+        if succeeded or in_change_user:
+            self.state = State.RELAY
+            if not in_change_user:
+                effects.append(StartRelay())
+            pending = self._change_user_pending_client + self._client_frames.take_rest()
+            self._change_user_pending_client = b""
+            if pending:
+                effects += self._relay_client_data(pending)
+        else:
+            self.state = State.CLOSED
+            effects.append(CloseConnection("upstream denied authentication"))
+        return effects
+
+    # ---- client side ---------------------------------------------------------------------------
+
+    def _drain_client_frames(self) -> list[Effect]:
+        effects: list[Effect] = []
+        while self.state in (State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.GREETING):
+            if self.state is State.GREETING:
+                if len(self._client_frames):
+                    raise ClientProtocolError("client sent data before the server greeting")
+                break
+            frame = self._client_frames.next_frame()
+            if frame is None:
+                break
+            self._check_sequence(frame, self._client_seq, ClientProtocolError, "client")
+            self._client_seq += 1
+            if self.state is State.CLIENT_RESPONSE:
+                effects += self._on_client_response(frame.payload)
+            else:
+                effects += self._on_client_auth_packet(frame.payload)
+        return effects
+
+    def _on_client_response(self, payload: bytes) -> list[Effect]:
+        response = parse_handshake_response(payload)
+        if response.is_ssl_request or (len(payload) == SSL_REQUEST_SIZE and response.capability_flags & Capability.SSL):
+            raise ClientTlsRequestError(
+                "the client asked for TLS, but the proxy's client side is plaintext (TLS is done upstream); "
+                "connect without TLS (mysql --ssl-mode=DISABLED, mariadb --skip-ssl)",
+            )
+        if not response.protocol_41 or not response.capability_flags & Capability.SECURE_CONNECTION:
+            raise ClientCapabilityError("client does not support the 4.1 protocol and authentication")
+        if len(payload) <= SSL_REQUEST_SIZE:
+            raise ClientProtocolError("client handshake response has no user name")
+        clear = MASKED_CAPABILITIES
+        patched = patch_client_capabilities(payload, clear_bits=clear)
+        if response.capability_flags & Capability.ZSTD_COMPRESSION_ALGORITHM:
+            patched = patched[:-1]  # the zstd level byte, meaningless once ZSTD is cleared
+        self.client_response = response
+        self._client_response_payload = patched
+        if response.auth_plugin_name:
+            self.auth_plugin = response.auth_plugin_name
+        if not self.upstream_tls:
+            self.state = State.AUTH
+            return self._send_client_response_upstream()
+        if len(self._server_frames):
+            raise ServerProtocolError("upstream sent unexpected data after its greeting")
+        self.state = State.TLS_PENDING
+        ssl_request = ssl_request_from_response(patched, clear)
+        self._server_seq = 2
+        return [SendToServer(encode_frame(1, ssl_request)), StartUpstreamTls()]
+
+    def _send_client_response_upstream(self) -> list[Effect]:
+        """Forward the client's HandshakeResponse: seq 2 after an SSLRequest, 1 without TLS."""
+        assert self.client_response is not None
+        payload = self._client_response_payload
+        response = self.client_response
+        self._server_seq = 1
+        if self.upstream_tls:
+            self._server_seq = 2
+            if (
+                self._intercept_rsa
+                and self.auth_plugin == AuthPlugin.SHA256
+                and self.greeting is not None
+                and self.greeting.auth_plugin_name == AuthPlugin.SHA256
+            ):
+                auth = response.auth_response
+                if auth == bytes((SHA256_REQUEST_PUBLIC_KEY,)):
+                    # PROTOCOL.md §5.4 special case: answer the key request ourselves, hold the response.
+                    self._await = _Await.INITIAL_CIPHERTEXT
+                    return [self._send_public_key()]
+                if self._auth_key is not None and len(auth) == self._auth_key.modulus_bytes:
+                    return [self._send_initial_response_with_password(auth)]
+        return [self._to_server(payload)]
+
+    def _send_initial_response_with_password(self, ciphertext: bytes) -> SendToServer:
+        password = self._decrypt_password(ciphertext)
+        payload = replace_auth_response(
+            self._client_response_payload, self.client_response, password + b"\x00",  # type: ignore[arg-type]
+        )
+        self._await = _Await.NOTHING
+        return self._to_server(payload)
+
+    def _on_client_auth_packet(self, payload: bytes) -> list[Effect]:
+        waiting = self._await
+        if waiting is _Await.NOTHING:
+            return [self._to_server(payload)]
+        key_size = self._auth_key.modulus_bytes if self._auth_key else 0
+        if waiting is _Await.INITIAL_CIPHERTEXT:
+            if len(payload) != key_size:
+                raise AuthEmulationError(f"expected an RSA-encrypted password of {key_size} bytes")
+            return [self._send_initial_response_with_password(payload)]
+        if waiting is _Await.CIPHERTEXT:
+            if len(payload) != key_size:
+                raise AuthEmulationError(f"expected an RSA-encrypted password of {key_size} bytes")
+            return [self._forward_password(self._decrypt_password(payload))]
+        key_request = CACHING_SHA2_REQUEST_PUBLIC_KEY if waiting is _Await.FULL_AUTH_REPLY else SHA256_REQUEST_PUBLIC_KEY
+        if payload == bytes((key_request,)):
+            self._await = _Await.CIPHERTEXT
+            return [self._send_public_key()]
+        if len(payload) == key_size:
+            password = self._try_decrypt_password(payload)
+            if password is not None:
+                return [self._forward_password(password)]
+        if waiting is _Await.SHA256_FIRST or payload.endswith(b"\x00"):
+            # A client that believes its link is secure sends the cleartext password (PROTOCOL.md §5.3
+            # product decision: the local leg is the operator's trust boundary); sha256 also sends a
+            # lone 0x00 for an empty password. Upstream gets it inside TLS.
+            self._await = _Await.NOTHING
+            return [self._to_server(payload)]
+        raise AuthEmulationError(
+            "the client answered the password request with data the proxy cannot read; if the client is "
+            "configured with the server's RSA public key, point it at the proxy's key instead",
+        )
+
+    def _send_public_key(self) -> SendToClient:
+        assert self._auth_key is not None
+        self.rsa_exchange_emulated = True
+        return self._to_client(bytes((PacketHeader.AUTH_MORE_DATA,)) + self._auth_key.public_pem)
+
+    def _forward_password(self, password: bytes) -> SendToServer:
+        self._await = _Await.NOTHING
+        return self._to_server(password + b"\x00")
+
+    def _try_decrypt_password(self, ciphertext: bytes) -> bytes | None:
+        try:
+            return self._decrypt_password(ciphertext)
+        except AuthEmulationError:
+            return None
+
+    def _decrypt_password(self, ciphertext: bytes) -> bytes:
+        """RSA-OAEP(SHA-1) decrypt, XOR with the current nonce (NUL included), strip the NUL (§5.3)."""
+        assert self._auth_key is not None
+        plain = self._auth_key.decrypt(ciphertext)
+        if plain is None and self._server_version_before_8_0_5():
+            plain = self._auth_key.decrypt_pkcs1v15(ciphertext)  # Connector/J's padding for old servers
+        nonce = self._nonce[:NONCE_SIZE]
+        if plain is None or not nonce:
+            raise AuthEmulationError(
+                "could not decrypt the password with the proxy's RSA key; if the client is configured "
+                "with the server's public key, point it at the proxy's key instead",
+            )
+        password = bytes(byte ^ nonce[i % len(nonce)] for i, byte in enumerate(plain))
+        end = password.find(b"\x00")
+        if end < 0:
+            raise AuthEmulationError("the decrypted password is not NUL-terminated")
+        self.rsa_exchange_emulated = True
+        return password[:end]
+
+    def _server_version_before_8_0_5(self) -> bool:
+        if self.greeting is None:
+            return False
+        version = self.greeting.server_version.removeprefix("5.5.5-")
+        match = _OLD_RSA_PADDING_VERSION.match(version)
+        return bool(match) and tuple(int(part) for part in match.groups()) < (8, 0, 5)
+
+    # ---- command phase -------------------------------------------------------------------------
+
+    def _is_change_user_start(self, length: int, sequence_id: int, first_byte: int) -> bool:
+        return sequence_id == 0 and first_byte == Command.CHANGE_USER and length < self._max_packet
+
+    def _relay_client_data(self, data: bytes) -> list[Effect]:
+        if self._relay_tail:
+            data = self._relay_tail + data
+            self._relay_tail = b""
+        passed = self._relay_skipper.feed(data)
+        if passed == len(data):
+            return [SendToServer(data)]
+        effects: list[Effect] = [SendToServer(data[:passed])] if passed else []
+        rest = data[passed:]
+        frames = FrameBuffer(self._max_packet)
+        frames.feed(rest)
+        try:
+            frame = frames.next_frame()
+        except DecodeError:  # pragma: no cover - the skipper only claims frames under the limit
+            frame = None
+        if frame is None:
+            self._relay_tail = rest  # an incomplete header or COM_CHANGE_USER: wait for the rest
+            return effects
+        self._relay_skipper.skip_claimed()
+        effects += self._start_change_user(frame)
+        remainder = frames.take_rest()
+        if remainder:
+            self._change_user_pending_client += remainder
+        return effects
+
+    def _start_change_user(self, frame: Frame) -> list[Effect]:
+        """COM_CHANGE_USER re-runs authentication inside the command phase, ids starting at 0 on both legs."""
+        assert self.client_response is not None and self.greeting is not None
+        try:
+            change = parse_change_user(frame.payload, self.client_response.capability_flags)
+            self.auth_plugin = change.auth_plugin_name or self.auth_plugin
+        except DecodeError:
+            pass  # the server judges the packet; the proxy only needs to follow the exchange
+        self.state = State.CHANGE_USER
+        self._nonce = self.greeting.nonce  # MariaDB may reuse the greeting's nonce (PROTOCOL.md §6)
+        self._await = _Await.NOTHING
+        self._server_frames = FrameBuffer(self._max_packet)
+        self._client_frames = FrameBuffer(self._max_packet)
+        self._client_seq = 1
+        self._server_seq = 1
+        return [SendToServer(frame.encode())]
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _to_client(self, payload: bytes) -> SendToClient:
+        data = encode_frame(self._client_seq, payload)
+        self._client_seq = (self._client_seq + 1) & 0xFF
+        return SendToClient(data)
+
+    def _to_server(self, payload: bytes) -> SendToServer:
+        data = encode_frame(self._server_seq, payload)
+        self._server_seq = (self._server_seq + 1) & 0xFF
+        return SendToServer(data)
+
+    @staticmethod
+    def _check_sequence(frame: Frame, expected: int, error: type[TlsProxyError], side: str) -> None:
+        if frame.sequence_id != expected & 0xFF:
+            raise error(f"{side} packet out of order: sequence id {frame.sequence_id}, expected {expected & 0xFF}")
+        if len(frame.payload) == MAX_PACKET_PAYLOAD:
+            raise error(f"{side} sent a packet too large for the connection phase")

@@ -1,0 +1,134 @@
+"""Listeners: one per route (TCP or Unix socket), the connection limit, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import stat
+from pathlib import Path
+
+from tlsproxy.config import ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
+from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
+from tlsproxy.mysql.handshake import AuthKey
+from tlsproxy.session import ClientSide, RouteRuntime, Session
+from tlsproxy.tls import build_upstream_tls
+
+log = logging.getLogger(__name__)
+
+_conn_ids = itertools.count(1)
+
+
+class RouteListener:
+    def __init__(self, runtime: RouteRuntime) -> None:
+        self.runtime = runtime
+        self.route = runtime.route
+        self.sessions: set[Session] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._draining = False
+        self.address: str = str(self.route.listen)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.route.listen
+        if isinstance(listen, UnixAddress):
+            _remove_stale_socket(listen.path)
+            self._server = await loop.create_unix_server(self._new_protocol, str(listen.path))
+            os.chmod(listen.path, listen.mode)
+            self.address = f"unix:{listen.path}"
+        else:
+            self._server = await loop.create_server(self._new_protocol, listen.host, listen.port)
+            sockname = self._server.sockets[0].getsockname()
+            self.address = str(TcpAddress(sockname[0], sockname[1]))
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    def _new_protocol(self) -> ClientSide:
+        session = Session(self.runtime, next(_conn_ids), self._session_closed)
+        protocol = ClientSide(session)
+        if self._draining:
+            protocol.connection_made = lambda transport: session.refuse(  # type: ignore[method-assign]
+                transport, ShuttingDownError("the proxy is shutting down"))  # type: ignore[arg-type]
+        elif len(self.sessions) >= self.route.max_connections:
+            protocol.connection_made = lambda transport: session.refuse(  # type: ignore[method-assign]
+                transport, TooManyConnectionsError(
+                    f"too many connections (max_connections {self.route.max_connections} on route {self.route.name})"))  # type: ignore[arg-type]
+        else:
+            self.sessions.add(session)
+        return protocol
+
+    def _session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+
+    def stop_accepting(self) -> None:
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        if isinstance(self.route.listen, UnixAddress):
+            _remove_stale_socket(self.route.listen.path)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.stat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def build_runtime(route: Route, auth_key: AuthKey | None, index: int) -> RouteRuntime:
+    upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
+    return RouteRuntime(route, upstream_tls, auth_key)
+
+
+class Proxy:
+    """All routes of one process."""
+
+    def __init__(self, config: ProxyConfig, auth_key: AuthKey | None) -> None:
+        self.config = config
+        self.listeners = [RouteListener(build_runtime(route, auth_key, i)) for i, route in enumerate(config.routes)]
+
+    async def start(self) -> None:
+        for listener in self.listeners:
+            await listener.start()
+            route = listener.route
+            log.info("route %s: listening on %s, upstream %s, ssl_mode %s", route.name, listener.address,
+                     route.upstream, route.tls.mode.value)
+            if route.tls.mode is SslMode.REQUIRED:
+                log.warning("route %s: ssl_mode REQUIRED encrypts but does NOT verify the upstream certificate: "
+                            "anyone on the path can impersonate the server. Use VERIFY_IDENTITY.", route.name)
+            elif route.tls.mode is SslMode.DISABLED:
+                log.warning("route %s: ssl_mode DISABLED sends everything to the upstream in PLAINTEXT; "
+                            "meant for measuring the relay only.", route.name)
+            elif route.tls.mode is SslMode.VERIFY_CA:
+                log.warning("route %s: ssl_mode VERIFY_CA checks the chain but not the host name", route.name)
+            if route.tls.allow_legacy_tls and route.tls.tls_versions[0] in ("TLSv1", "TLSv1.1"):
+                log.warning("route %s: legacy TLS versions %s allowed (allow_legacy_tls)", route.name,
+                            ",".join(route.tls.tls_versions))
+
+    @property
+    def active_connections(self) -> int:
+        return sum(len(listener.sessions) for listener in self.listeners)
+
+    async def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop accepting, let open connections finish for up to `grace_seconds`, then close the rest."""
+        for listener in self.listeners:
+            listener.stop_accepting()
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while self.active_connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        remaining = [session for listener in self.listeners for session in list(listener.sessions)]
+        if remaining:
+            log.info("closing %d connection(s) still open", len(remaining))
+        for session in remaining:
+            session.abort("proxy shutting down")
+        for listener in self.listeners:
+            await listener.wait_closed()

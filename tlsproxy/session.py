@@ -1,0 +1,442 @@
+"""One proxied connection: the asyncio driver around `HandshakeMachine`.
+
+It owns the two sockets (as asyncio Protocols on both legs), the upstream TLS upgrade
+(`loop.start_tls`, never a StreamWriter: see STYLE.md on uvloop #707 / CPython #142352), the timeouts,
+backpressure, half-close, and turning errors into the ERR packet the client expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tlsproxy.config import Route, SslMode
+from tlsproxy.errors import (
+    ClientGoneError,
+    HandshakeTimeoutError,
+    TlsProxyError,
+    UpstreamConnectError,
+    UpstreamLostError,
+    UpstreamTimeoutError,
+)
+from tlsproxy.mysql.handshake import (
+    AuthKey,
+    CloseConnection,
+    Effect,
+    HandshakeMachine,
+    SendToClient,
+    SendToServer,
+    StartRelay,
+    StartUpstreamTls,
+)
+from tlsproxy.tls import UpstreamTls, describe_tls_failure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConnectionStats:
+    """What one connection did; logged once when it ends."""
+
+    accepted_at: float = field(default_factory=time.monotonic)
+    connect_seconds: float | None = None
+    greeting_seconds: float | None = None
+    tls_seconds: float | None = None
+    auth_seconds: float | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    tls_resumed: bool | None = None
+    bytes_client_to_server: int = 0
+    bytes_server_to_client: int = 0
+    auth_plugin: str = ""
+    outcome: str = "open"
+    reason: str = ""
+    closed_by: str = ""
+
+
+@dataclass(frozen=True)
+class RouteRuntime:
+    """What every session of one route shares, built once at start (or reload)."""
+
+    route: Route
+    upstream_tls: UpstreamTls | None
+    auth_key: AuthKey | None
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - a socket already closed
+            pass
+
+
+def _format_peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    return "unix" if peer in (None, "", b"") else str(peer)
+
+
+class Session:
+    """Created for each accepted client; `on_closed` is called exactly once, when both legs are gone."""
+
+    def __init__(self, runtime: RouteRuntime, conn_id: int, on_closed: Callable[["Session"], None]) -> None:
+        self.runtime = runtime
+        self.route = runtime.route
+        self.conn_id = conn_id
+        self.stats = ConnectionStats()
+        self._on_closed = on_closed
+        self._loop = asyncio.get_running_loop()
+        self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self._upstream_protocol = _UpstreamSide(self)
+        self._task: asyncio.Task[None] | None = None
+        self._relay_started = asyncio.Event()
+        self._failed: TlsProxyError | None = None
+        self._closed = False
+        self._client_eof = False
+        self._server_eof = False
+        self._relaying = False
+        self._last_activity = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._phase_start = self.stats.accepted_at
+        self.client_address = "-"
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def client_connected(self, transport: asyncio.Transport) -> None:
+        self.client = transport
+        self.client_address = _format_peer(transport)
+        _set_nodelay(transport)
+        self._task = self._loop.create_task(self._handshake())
+
+    def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
+        """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
+        self.client = transport
+        self.client_address = _format_peer(transport)
+        self.fail(error)
+
+    async def _handshake(self) -> None:
+        route = self.route
+        try:
+            async with asyncio.timeout(route.handshake_timeout):
+                await self._connect_upstream()
+                await self._relay_started.wait()
+        except TimeoutError:
+            self.fail(HandshakeTimeoutError(
+                f"handshake timed out after {route.handshake_timeout:g}s (phase: {self.machine.state.value})"))
+        except TlsProxyError as error:
+            self.fail(error)
+        except asyncio.CancelledError:
+            self.close("cancelled", outcome="aborted")
+            raise
+        except Exception:  # a bug: log it whole, keep serving others
+            log.exception("conn=%d internal error during the handshake", self.conn_id)
+            self.close("internal error", outcome="internal_error")
+
+    async def _connect_upstream(self) -> None:
+        route = self.route
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(route.connect_timeout):
+                transport, _ = await self._loop.create_connection(
+                    lambda: self._upstream_protocol, route.upstream.host, route.upstream.port,
+                )
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UpstreamConnectError(f"cannot connect to upstream {route.upstream}: {reason}") from None
+        if self._closed:
+            transport.close()
+            return
+        self.stats.connect_seconds = time.monotonic() - started
+        self._phase_start = time.monotonic()
+
+    def _upstream_connected(self, transport: asyncio.Transport) -> None:
+        self.upstream = transport
+        _set_nodelay(transport)
+
+    # ---- effects ---------------------------------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, SendToServer):
+                if self.upstream is not None and effect.data:
+                    self.upstream.write(effect.data)
+            elif isinstance(effect, SendToClient):
+                if self.client is not None and effect.data:
+                    if self.stats.greeting_seconds is None:
+                        now = time.monotonic()
+                        self.stats.greeting_seconds = now - self._phase_start
+                        self._phase_start = now
+                    self.client.write(effect.data)
+            elif isinstance(effect, StartUpstreamTls):
+                self._loop.create_task(self._start_tls())
+            elif isinstance(effect, StartRelay):
+                self._start_relay()
+            elif isinstance(effect, CloseConnection):
+                self.close(effect.reason, outcome="auth_denied" if "denied" in effect.reason else "upstream_error")
+
+    async def _start_tls(self) -> None:
+        upstream_tls = self.runtime.upstream_tls
+        assert upstream_tls is not None and self.upstream is not None
+        started = time.monotonic()
+        try:
+            transport = await self._loop.start_tls(
+                self.upstream, self._upstream_protocol, upstream_tls.context,
+                server_hostname=upstream_tls.server_hostname,
+                ssl_handshake_timeout=max(self.route.handshake_timeout, 0.1),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # ssl, OS and EOF errors
+            if not self._closed:
+                self.fail(describe_tls_failure(exc, upstream_tls))
+            return
+        if self._closed or transport is None:
+            if transport is not None:
+                transport.close()
+            return
+        self.upstream = transport
+        self.stats.tls_seconds = time.monotonic() - started
+        self._phase_start = time.monotonic()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.stats.tls_version = ssl_object.version()
+            cipher = ssl_object.cipher()
+            self.stats.tls_cipher = cipher[0] if cipher else None
+            self.stats.tls_resumed = ssl_object.session_reused
+        self._run_machine(self.machine.tls_established)
+
+    def _start_relay(self) -> None:
+        self._relaying = True
+        self.stats.auth_seconds = time.monotonic() - self._phase_start
+        self.stats.auth_plugin = self.machine.auth_plugin
+        self.stats.outcome = "relayed"
+        self._relay_started.set()
+        if self.route.idle_timeout:
+            self._idle_timer = self._loop.call_later(self.route.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        timeout = self.route.idle_timeout
+        assert timeout
+        idle = time.monotonic() - self._last_activity
+        if idle >= timeout:
+            self.close(f"idle for {idle:.0f}s (idle_timeout {timeout:g}s)", outcome="idle_timeout")
+        else:
+            self._idle_timer = self._loop.call_later(timeout - idle, self._check_idle)
+
+    def _run_machine(self, step: Callable[[], list[Effect]]) -> None:
+        try:
+            self._apply(step())
+        except TlsProxyError as error:
+            self.fail(error)
+        except Exception:
+            log.exception("conn=%d internal error in the handshake machine", self.conn_id)
+            self.close("internal error", outcome="internal_error")
+
+    # ---- data from the peers ---------------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._relaying:
+            self._last_activity = time.monotonic()
+            self.stats.bytes_client_to_server += len(data)
+        self._run_machine(lambda: self.machine.receive_client_data(data))
+
+    def server_data(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._relaying:
+            self._last_activity = time.monotonic()
+            self.stats.bytes_server_to_client += len(data)
+            if not self.machine.inspecting_server_data:
+                assert self.client is not None
+                self.client.write(data)
+                return
+        self._run_machine(lambda: self.machine.receive_server_data(data))
+
+    def client_eof(self) -> bool:
+        """True keeps the client transport open (half-closed) while the server may still answer."""
+        self._client_eof = True
+        if not self._relaying:
+            self.close("client closed during the handshake", outcome="client_gone", closed_by="client")
+            return False
+        if self._server_eof or self.upstream is None:
+            self.close("both sides closed", closed_by="client")
+            return False
+        if self.upstream.can_write_eof():
+            self.upstream.write_eof()
+            return True
+        # A TLS upstream cannot half-close: close it after flushing what the client sent.
+        self.close("client closed", closed_by="client")
+        return False
+
+    def server_eof(self) -> bool:
+        self._server_eof = True
+        if not self._relaying:
+            self.fail(UpstreamLostError("upstream closed the connection during the handshake"))
+            return False
+        if self._client_eof or self.client is None or not self.client.can_write_eof():
+            self.close("both sides closed", closed_by="server")
+            return False
+        self.client.write_eof()
+        return True
+
+    def client_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            if not self._relaying:
+                self._failed = ClientGoneError("client went away during the handshake")
+            self.close("client connection lost" if exc else "client closed",
+                       outcome=None if self._relaying else "client_gone", closed_by="client")
+
+    def server_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        if not self._relaying:
+            self.fail(UpstreamLostError("lost the upstream connection during the handshake"))
+        else:
+            self.close("upstream connection lost" if exc else "upstream closed", closed_by="server")
+
+    # ---- backpressure ------------------------------------------------------------------------------
+
+    def pause_client_reading(self) -> None:
+        if self.client is not None and not self._closed:
+            self.client.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self.client is not None and not self._closed:
+            self.client.resume_reading()
+
+    def pause_server_reading(self) -> None:
+        if self.upstream is not None and not self._closed:
+            self.upstream.pause_reading()
+
+    def resume_server_reading(self) -> None:
+        if self.upstream is not None and not self._closed:
+            self.upstream.resume_reading()
+
+    # ---- ending --------------------------------------------------------------------------------------
+
+    def fail(self, error: TlsProxyError) -> None:
+        """Tell the client why (if the relay has not started) and close both legs."""
+        if self._closed:
+            return
+        self._failed = error
+        packet = self.machine.error_packet(error)
+        if packet is not None and self.client is not None and not self.client.is_closing():
+            self.client.write(packet)
+        self.close(error.message, outcome=error.metric_label)
+
+    def close(self, reason: str, *, outcome: str | None = None, closed_by: str = "proxy") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if outcome is not None:
+            self.stats.outcome = outcome
+        elif self.stats.outcome in ("open", "relayed"):
+            self.stats.outcome = "ok" if self._relaying else "aborted"
+        self.stats.reason = reason
+        self.stats.closed_by = closed_by
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        for transport in (self.client, self.upstream):
+            if transport is not None and not transport.is_closing():
+                transport.close()
+        if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
+            self._task.cancel()
+        self._log_end()
+        self._on_closed(self)
+
+    def abort(self, reason: str) -> None:
+        """Close now without flushing (shutdown after the drain period)."""
+        for transport in (self.client, self.upstream):
+            if transport is not None:
+                transport.abort()
+        self.close(reason, outcome="aborted")
+
+    def _log_end(self) -> None:
+        stats = self.stats
+        route = self.route
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.2f}"
+
+        mode = route.tls.mode
+        tls = "off" if self.runtime.upstream_tls is None else (stats.tls_version or "-")
+        message = (
+            f"conn={self.conn_id} route={route.name} client={self.client_address} upstream={route.upstream} "
+            f"outcome={stats.outcome} closed_by={stats.closed_by} tls={tls} cipher={stats.tls_cipher or '-'} "
+            f"resumed={'-' if stats.tls_resumed is None else ('yes' if stats.tls_resumed else 'no')} "
+            f"auth={stats.auth_plugin or '-'} connect_ms={ms(stats.connect_seconds)} "
+            f"greeting_ms={ms(stats.greeting_seconds)} tls_ms={ms(stats.tls_seconds)} auth_ms={ms(stats.auth_seconds)} "
+            f"duration_ms={ms(time.monotonic() - stats.accepted_at)} "
+            f"bytes_up={stats.bytes_client_to_server} bytes_down={stats.bytes_server_to_client} "
+            f"reason={stats.reason!r}"
+        )
+        if mode in (SslMode.REQUIRED, SslMode.DISABLED):
+            message += (" WARNING: upstream certificate NOT verified (ssl_mode=REQUIRED)" if mode is SslMode.REQUIRED
+                        else " WARNING: upstream NOT encrypted (ssl_mode=DISABLED)")
+            log.warning(message)
+        elif stats.outcome in ("ok", "relayed") or stats.outcome == "auth_denied":
+            log.info(message)
+        else:
+            log.warning(message)
+
+
+class ClientSide(asyncio.Protocol):
+    """The client leg. The server module creates one per accepted connection."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session.client_connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.client_data(data)
+
+    def eof_received(self) -> bool:
+        return self.session.client_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.client_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause_server_reading()
+
+    def resume_writing(self) -> None:
+        self.session.resume_server_reading()
+
+
+class _UpstreamSide(asyncio.Protocol):
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.session._upstream_connected(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self.session.server_data(data)
+
+    def eof_received(self) -> bool:
+        return self.session.server_eof()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.server_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        self.session.resume_client_reading()

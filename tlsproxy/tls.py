@@ -1,0 +1,176 @@
+"""Upstream TLS: one `ssl.SSLContext` per route, built once from validated settings, and the mapping of
+`ssl` failures to the proxy's errors (what the client and the log are told).
+
+Modes follow MySQL's --ssl-mode. VERIFY_IDENTITY (default) checks chain and host name; VERIFY_CA the
+chain only; REQUIRED encrypts without any verification and DISABLED does no TLS at all — both only by
+explicit configuration, and loudly logged by the caller.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+from dataclasses import dataclass
+
+from tlsproxy import certs
+from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
+from tlsproxy.errors import CertificateVerifyError, UpstreamTlsError
+
+_VERSIONS = {
+    "TLSv1": ssl.TLSVersion.TLSv1,
+    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """What a session needs to upgrade one upstream connection."""
+
+    context: ssl.SSLContext
+    server_hostname: str | None
+    """Name sent as SNI and, in VERIFY_IDENTITY, matched against the certificate (a DNS name or an IP)."""
+    expected_name: str
+    mode: SslMode
+
+
+def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None:
+    """The route's TLS context, or None for DISABLED. ConfigError names the route key at fault."""
+    settings = route.tls
+    if settings.mode is SslMode.DISABLED:
+        return None
+    context = build_client_context(settings, key_prefix)
+    name = settings.server_name or route.upstream.host
+    return UpstreamTls(context, name, name, settings.mode)
+
+
+def build_client_context(settings: TlsSettings, key_prefix: str = "") -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    versions = settings.tls_versions
+    cipher = settings.cipher
+    if settings.allow_legacy_tls and versions[0] in ("TLSv1", "TLSv1.1"):
+        # OpenSSL 3 refuses TLS < 1.2 at the default security level.
+        cipher = (cipher or "DEFAULT") + ":@SECLEVEL=0"
+    try:
+        context.minimum_version = _VERSIONS[versions[0]]
+        context.maximum_version = _VERSIONS[versions[-1]]
+    except ValueError as exc:  # pragma: no cover - depends on the OpenSSL build
+        raise ConfigError(key_prefix + "tls_version", f"not supported by this OpenSSL: {exc}") from None
+    if cipher:
+        try:
+            context.set_ciphers(cipher)
+        except ssl.SSLError:
+            raise ConfigError(key_prefix + "ssl_cipher", f"OpenSSL accepts no cipher in {settings.cipher!r}") from None
+    if settings.ciphersuites:
+        set_tls13_ciphersuites(context, settings.ciphersuites, key_prefix + "tls_ciphersuites")
+
+    if settings.mode in (SslMode.VERIFY_IDENTITY, SslMode.VERIFY_CA):
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.check_hostname = settings.mode is SslMode.VERIFY_IDENTITY
+        _load_trust(context, settings, key_prefix)
+    else:
+        # REQUIRED: encryption without verification, an explicit opt-in warned about at start and
+        # on every connection (session.py).
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+    if settings.cert_file is not None:
+        try:
+            context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(key_prefix + "ssl_cert",
+                              f"cannot load client certificate {settings.cert_file} with key {settings.key_file}: {exc}") from None
+    return context
+
+
+def _load_trust(context: ssl.SSLContext, settings: TlsSettings, key_prefix: str) -> None:
+    loaded = False
+    if settings.ca_file is not None:
+        try:
+            pems = certs.load_ca_certificates(settings.ca_file)
+            context.load_verify_locations(cadata="".join(pem.decode("ascii") for pem in pems))
+        except certs.CertificateFileError as exc:
+            raise ConfigError(key_prefix + "ssl_ca", str(exc)) from None
+        except ssl.SSLError as exc:
+            raise ConfigError(key_prefix + "ssl_ca", f"{settings.ca_file}: OpenSSL rejected a certificate: {exc}") from None
+        loaded = True
+    if settings.ca_path is not None:
+        if not settings.ca_path.is_dir():
+            raise ConfigError(key_prefix + "ssl_capath", f"{settings.ca_path} is not a directory")
+        context.load_verify_locations(capath=str(settings.ca_path))
+        loaded = True
+    if settings.uses_system_trust:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        loaded = True
+    if not loaded:
+        raise ConfigError(key_prefix + "ssl_ca", "no trust anchors: give ssl_ca or ssl_capath, or set ssl_system_trust: true")
+    if settings.crl_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(settings.crl_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(key_prefix + "ssl_crl", f"cannot load CRL {settings.crl_file}: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:
+    """Python's ssl module has no API for TLS 1.3 suites; call OpenSSL's SSL_CTX_set_ciphersuites on the
+    context's SSL_CTX, after checking that the pointer really is that SSL_CTX (its options must match)."""
+    try:
+        import _ssl
+
+        library = ctypes.CDLL(_ssl.__file__)
+        set_suites = library.SSL_CTX_set_ciphersuites
+        get_options = library.SSL_CTX_get_options
+    except (OSError, AttributeError):
+        raise ConfigError(key, "this Python's OpenSSL does not allow choosing TLS 1.3 cipher suites") from None
+    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    set_suites.restype = ctypes.c_int
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or get_options(pointer) != context.options:
+        raise ConfigError(key, "cannot reach this Python's OpenSSL context to set TLS 1.3 cipher suites")
+    if set_suites(pointer, suites.encode("ascii")) != 1:
+        raise ConfigError(key, f"OpenSSL accepts no TLS 1.3 suite in {suites!r} (e.g. TLS_AES_256_GCM_SHA384)")
+    wanted = set(suites.split(":"))
+    offered = {c["name"] for c in context.get_ciphers() if c.get("protocol") == "TLSv1.3"}
+    if offered and not offered <= wanted:  # pragma: no cover - a safety net
+        raise ConfigError(key, f"OpenSSL kept TLS 1.3 suites {sorted(offered - wanted)}")
+
+
+# ---- failures ------------------------------------------------------------------------------------
+
+_VERIFY_REASONS = {
+    # OpenSSL X509_V_ERR_* codes
+    9: ("not_yet_valid", "certificate is not yet valid"),
+    10: ("expired", "certificate has expired"),
+    18: ("certificate_untrusted", "self-signed certificate not trusted"),
+    19: ("certificate_untrusted", "self-signed certificate in chain not trusted"),
+    20: ("certificate_untrusted", "issuer not trusted (unable to get local issuer certificate)"),
+    21: ("certificate_untrusted", "unable to verify the first certificate"),
+    23: ("revoked", "certificate revoked"),
+    62: ("host_name_mismatch", "host name mismatch"),
+    64: ("host_name_mismatch", "IP address mismatch"),
+}
+
+
+def describe_tls_failure(exc: BaseException, upstream: UpstreamTls) -> UpstreamTlsError:
+    """The proxy error for a failed upstream TLS handshake, with a message an operator can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        label, text = _VERIFY_REASONS.get(exc.verify_code, ("certificate_untrusted", exc.verify_message or "unknown reason"))
+        if label == "host_name_mismatch":
+            text += f" (expected {upstream.expected_name})"
+        return CertificateVerifyError(f"upstream certificate verify failed: {text}", metric_label=label)
+    if isinstance(exc, ssl.SSLError):
+        reason = (exc.reason or "").upper()
+        if any(word in reason for word in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW", "VERSION_TOO_HIGH")):
+            return UpstreamTlsError(f"upstream TLS handshake failed: no TLS version in common ({exc.reason})",
+                                    metric_label="protocol_version")
+        if "CIPHER" in reason or "HANDSHAKE_FAILURE" in reason:
+            return UpstreamTlsError(f"upstream TLS handshake failed: no cipher in common ({exc.reason})",
+                                    metric_label="no_shared_cipher")
+        return UpstreamTlsError(f"upstream TLS handshake failed: {exc.reason or exc}")
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return UpstreamTlsError("upstream closed the connection during the TLS handshake", metric_label="upstream_lost")
+    return UpstreamTlsError(f"upstream TLS handshake failed: {exc.__class__.__name__}: {exc}")
