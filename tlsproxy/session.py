@@ -180,6 +180,9 @@ class Session:
                         self._phase_start = now
                     self.client.write(effect.data)
             elif isinstance(effect, StartUpstreamTls):
+                # Read nothing more in plaintext: start_tls resumes reading under TLS (STYLE.md: asyncpg).
+                if self.upstream is not None:
+                    self.upstream.pause_reading()
                 self._loop.create_task(self._start_tls())
             elif isinstance(effect, StartRelay):
                 self._start_relay()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
-from tlsproxy.errors import CertificateVerifyError, UpstreamTlsError
+from tlsproxy.errors import CertificateVerifyError, TlsInjectionError, UpstreamTlsError
 
 _VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -145,8 +145,8 @@ _VERIFY_REASONS = {
     # OpenSSL X509_V_ERR_* codes
     9: ("not_yet_valid", "certificate is not yet valid"),
     10: ("expired", "certificate has expired"),
-    18: ("certificate_untrusted", "self-signed certificate not trusted"),
-    19: ("certificate_untrusted", "self-signed certificate in chain not trusted"),
+    18: ("certificate_untrusted", "self-signed certificate is not trusted"),
+    19: ("certificate_untrusted", "the chain's root CA is not trusted (self-signed certificate in certificate chain)"),
     20: ("certificate_untrusted", "issuer not trusted (unable to get local issuer certificate)"),
     21: ("certificate_untrusted", "unable to verify the first certificate"),
     23: ("revoked", "certificate revoked"),
@@ -167,6 +167,9 @@ def describe_tls_failure(exc: BaseException, upstream: UpstreamTls) -> UpstreamT
         if any(word in reason for word in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW", "VERSION_TOO_HIGH")):
             return UpstreamTlsError(f"upstream TLS handshake failed: no TLS version in common ({exc.reason})",
                                     metric_label="protocol_version")
+        if "WRONG_VERSION_NUMBER" in reason or "PACKET_LENGTH_TOO_LONG" in reason or "RECORD_LAYER" in reason:
+            return TlsInjectionError(
+                f"upstream sent non-TLS data after the SSLRequest ({exc.reason}); refusing the connection")
         if "CIPHER" in reason or "HANDSHAKE_FAILURE" in reason:
             return UpstreamTlsError(f"upstream TLS handshake failed: no cipher in common ({exc.reason})",
                                     metric_label="no_shared_cipher")

@@ -200,6 +200,8 @@ def make_peer(pki, rsa_pem) -> Iterator[Callable[..., PeerThread]]:
     finally:
         for pt in started:
             pt.stop()
+    for pt in started:
+        assert pt.peer.errors == [], f"peer raised unexpected exceptions: {pt.peer.errors!r}"
 
 
 @pytest.fixture
@@ -713,6 +715,14 @@ def test_raw_change_user_fresh_nonce_then_rsa(peer, ca_path):
                 c.send(6, rsa_encrypt_password(pem[1:], pw, nonce))
                 seq, ok = c.read()
                 assert (seq, ok[0]) == (7, 0x00)
+        # mysql_native_password reuses the connection's saved scramble (the last
+        # caching_sha2 nonce): mysqld only resets thd->scramble on COM_CONNECT
+        c.send(0, b"\x11nativeuser\0" + bytes([0]) + b"\0" + struct.pack("<H", 255) + b"mysql_native_password\0")
+        seq, sw = c.read()
+        assert (seq, parse_auth_switch(sw)) == (1, ("mysql_native_password", nonce + b"\0"))
+        c.send(2, scramble_native(PASSWORDS["nativeuser"], nonce))
+        seq, ok = c.read()
+        assert (seq, ok[0]) == (3, 0x00)
         # failed change user: ERR then disconnect
         c.send(0, b"\x11sha2user\0" + bytes([0]) + b"\0" + struct.pack("<H", 255) + b"caching_sha2_password\0")
         seq, sw = c.read()
@@ -728,7 +738,7 @@ def test_raw_change_user_fresh_nonce_then_rsa(peer, ca_path):
         assert c.at_eof()
     finally:
         c.close()
-    assert peer.events.count("change_user") == 3
+    assert peer.events.count("change_user") == 4
 
 
 @pytest.mark.parametrize("deprecate_eof", [True, False], ids=["deprecate-eof", "classic-eof"])

@@ -314,6 +314,7 @@ class MySQL8Peer:
         )
         self.port: int = 0
         self.events: list[str] = []
+        self.errors: list[BaseException] = []  # unexpected exceptions in sessions (peer bugs)
         self.queries: list[str] = []  # COM_QUERY texts seen (debug aid)
         # caching_sha2 cache: "user@host" -> SHA256(SHA256(password))
         self._sha2_cache: dict[str, bytes] = {}
@@ -384,6 +385,8 @@ class MySQL8Peer:
         def _done(t: asyncio.Task) -> None:
             self._tasks.discard(t)
             self._links.discard(link)
+            if not t.cancelled() and t.exception() is not None:
+                self.errors.append(t.exception())  # type: ignore[arg-type]
 
         task.add_done_callback(_done)
 
@@ -480,7 +483,8 @@ class _Link(asyncio.BufferedProtocol):
                 pass
 
     async def start_tls(self, ctx: ssl.SSLContext) -> asyncio.BaseTransport:
-        assert not self._buf, "bytes buffered before TLS"
+        if self._buf:  # cannot happen with exact reads; never hand TLS bytes to the app
+            raise _Malformed("bytes buffered before TLS")
         self.exact = False
         loop = asyncio.get_running_loop()
         new_transport = await loop.start_tls(

@@ -175,7 +175,7 @@ class HandshakeMachine:
         if self.state is State.TLS_PENDING:
             self.state = State.CLOSED
             raise TlsInjectionError(
-                "upstream sent data between the SSLRequest and the TLS handshake; refusing the connection",
+                "upstream sent non-TLS data after the SSLRequest (before the TLS handshake); refusing the connection",
             )
         if self.state is State.RELAY:
             return [SendToClient(data)] if data else []

@@ -1,0 +1,216 @@
+"""Every refusal ends in the client's own error output, within seconds, with the proxy's message as
+written, and nothing the client sent crosses the upstream leg in plaintext."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable
+
+import pymysql
+import pytest
+
+from tests.conftest import NATIVE, PLAIN, Account, serve_certificate
+from tests.support.pki import TestPki
+from tests.support.proxy import ProxyThread, make_route
+from tests.support.wire import RecordingRelay, ScriptedUpstream, capture_greeting, read_available
+from tlsproxy.config import Route
+from tlsproxy.localdb import MariaDBServer
+
+pytestmark = pytest.mark.integration
+
+CLIENTS = ("mariadb", "pymysql", "connector")
+
+
+@dataclass
+class ClientError:
+    code: int
+    message: str
+    seconds: float
+
+
+def client_error(client: str, port: int, account: Account) -> ClientError:
+    """Connect with `client` (TLS off on its side) and return the error it reports."""
+    started = time.monotonic()
+    if client == "mariadb":
+        result = subprocess.run(
+            ["mariadb", "--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-P", str(port), "--skip-ssl",
+             f"-u{account.user}", f"-p{account.password}", "-e", "SELECT 1"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode != 0, result.stdout
+        match = re.match(r"ERROR (\d+) \(\w+\)(?: at line \d+)?: (.*)", result.stderr.strip())
+        assert match, result.stderr
+        return ClientError(int(match.group(1)), match.group(2), time.monotonic() - started)
+    if client == "pymysql":
+        with pytest.raises(pymysql.err.MySQLError) as raised:
+            pymysql.connect(host="127.0.0.1", port=port, user=account.user, password=account.password,
+                            ssl_disabled=True, connect_timeout=30)
+        code, message = raised.value.args[0], raised.value.args[1]
+        return ClientError(code, message, time.monotonic() - started)
+    import mysql.connector
+
+    with pytest.raises(mysql.connector.Error) as raised:
+        mysql.connector.connect(host="127.0.0.1", port=port, user=account.user, password=account.password,
+                                ssl_disabled=True, use_pure=True, connection_timeout=30)
+    return ClientError(raised.value.errno, raised.value.msg, time.monotonic() - started)
+
+
+def assert_refused(port: int, expected: str, *, code: int = 1043, account: Account = NATIVE,
+                   within: float = 5.0) -> None:
+    for client in CLIENTS:
+        error = client_error(client, port, account)
+        assert error.code == code, (client, error)
+        assert error.message.startswith("tlsproxy: "), (client, error)
+        assert expected in error.message, (client, error)
+        assert error.seconds < within, (client, error)
+
+
+def through_recording_relay(upstream_port: int, route_for: Callable[[int], Route],
+                            check: Callable[[int], None], event_loop: str = "uvloop") -> RecordingRelay:
+    """Run `check(proxy_port)` with a recording relay between the proxy and the upstream."""
+    with ExitStack() as stack:
+        relay = stack.enter_context(RecordingRelay(upstream_port))
+        proxy = stack.enter_context(ProxyThread(route_for(relay.port), event_loop=event_loop))
+        check(proxy.port)
+    return relay
+
+
+def assert_no_credentials_in_plaintext(relay: RecordingRelay, account: Account) -> None:
+    assert account.user.encode() not in relay.to_server
+    assert account.password.encode() not in relay.to_server
+
+
+def test_ca_that_did_not_sign_the_server(mariadb: MariaDBServer, pki: TestPki, event_loop_name: str) -> None:
+    relay = through_recording_relay(
+        mariadb.port, lambda port: make_route(port, ca_file=pki.other_ca),
+        lambda proxy_port: assert_refused(proxy_port, "upstream certificate verify failed: the chain's root CA is not trusted"),
+        event_loop_name,
+    )
+    assert relay.to_server, "the proxy never reached the server"
+    assert_no_credentials_in_plaintext(relay, NATIVE)
+
+
+def test_host_name_mismatch(alt_mariadb: MariaDBServer, pki: TestPki) -> None:
+    serve_certificate(alt_mariadb, pki.wrong_host_cert, pki.wrong_host_key)
+    try:
+        relay = through_recording_relay(
+            alt_mariadb.port, lambda port: make_route(port, ca_file=pki.ca),
+            lambda proxy_port: assert_refused(
+                proxy_port, "upstream certificate verify failed: host name mismatch (expected localhost)",
+                account=PLAIN),
+        )
+        assert_no_credentials_in_plaintext(relay, PLAIN)
+    finally:
+        serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
+
+
+def test_expired_server_certificate(alt_mariadb: MariaDBServer, pki: TestPki) -> None:
+    serve_certificate(alt_mariadb, pki.expired_cert, pki.expired_key)
+    try:
+        relay = through_recording_relay(
+            alt_mariadb.port, lambda port: make_route(port, ca_file=pki.ca),
+            lambda proxy_port: assert_refused(proxy_port, "upstream certificate verify failed: certificate has expired",
+                                              account=PLAIN),
+        )
+        assert_no_credentials_in_plaintext(relay, PLAIN)
+    finally:
+        serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
+
+
+def test_server_without_tls(plain_mariadb: MariaDBServer, pki: TestPki, event_loop_name: str) -> None:
+    relay = through_recording_relay(
+        plain_mariadb.port, lambda port: make_route(port, ca_file=pki.ca),
+        lambda proxy_port: assert_refused(
+            proxy_port, "upstream does not offer TLS; refusing to send credentials in plaintext", account=PLAIN),
+        event_loop_name,
+    )
+    assert relay.to_client, "the server's greeting should have arrived"
+    assert relay.to_server == b"", "the proxy must not send anything to a server without TLS"
+
+
+def test_tls_version_below_the_configured_minimum(alt_mariadb: MariaDBServer, pki: TestPki) -> None:
+    serve_certificate(alt_mariadb, pki.server_cert, pki.server_key, tls_version="TLSv1.2")
+    try:
+        route = make_route(alt_mariadb.port, ca_file=pki.ca, tls_versions=("TLSv1.3",))
+        with ProxyThread(route) as proxy:
+            assert_refused(proxy.port, "no TLS version in common", account=PLAIN)
+    finally:
+        serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
+
+
+def test_upstream_refusing_tcp(pki: TestPki, event_loop_name: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with ProxyThread(make_route(closed_port, upstream_host="127.0.0.1", ca_file=pki.ca),
+                     event_loop=event_loop_name) as proxy:
+        assert_refused(proxy.port, f"cannot connect to upstream 127.0.0.1:{closed_port}")
+
+
+def test_upstream_that_never_speaks(pki: TestPki, event_loop_name: str) -> None:
+    def silent(conn: socket.socket, received: bytearray) -> None:
+        read_available(conn, received, timeout=8)
+
+    with ScriptedUpstream(silent) as upstream:
+        route = make_route(upstream.port, upstream_host="127.0.0.1", ca_file=pki.ca)
+        route = type(route)(**{**route.__dict__, "handshake_timeout": 1.0})
+        with ProxyThread(route, event_loop=event_loop_name) as proxy:
+            assert_refused(proxy.port, "handshake timed out after 1s (phase: greeting)", code=1159)
+
+
+def test_server_bytes_after_ssl_request_are_refused(mariadb: MariaDBServer, pki: TestPki) -> None:
+    """A server that answers the SSLRequest with plaintext (an injection attempt) is cut off."""
+    greeting = capture_greeting(mariadb.port)
+
+    def injector(conn: socket.socket, received: bytearray) -> None:
+        conn.sendall(greeting)
+        conn.settimeout(5)
+        ssl_request = conn.recv(36)
+        received += ssl_request
+        conn.sendall(b"\x07\x00\x00\x02\x00\x00\x00\x02\x00\x00\x00")  # a forged OK
+        read_available(conn, received, timeout=2)
+
+    with ScriptedUpstream(injector) as upstream:
+        with ProxyThread(make_route(upstream.port, upstream_host="127.0.0.1", ca_file=pki.ca)) as proxy:
+            assert_refused(proxy.port, "upstream sent non-TLS data after the SSLRequest")
+        assert len(upstream.received) >= 36 and upstream.received[3] == 1  # the SSLRequest, seq 1
+        assert NATIVE.user.encode() not in upstream.received
+
+
+def test_max_connections(mariadb: MariaDBServer, pki: TestPki) -> None:
+    route = make_route(mariadb.port, ca_file=pki.ca)
+    route = type(route)(**{**route.__dict__, "max_connections": 2})
+    with ProxyThread(route) as proxy:
+        held = [pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
+                                ssl_disabled=True) for _ in range(2)]
+        try:
+            assert_refused(proxy.port, "too many connections (max_connections 2", code=1040)
+        finally:
+            for connection in held:
+                connection.close()
+        deadline = time.monotonic() + 5
+        while proxy.active_connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
+                        ssl_disabled=True).close()
+
+
+def test_client_asking_for_tls_gets_a_clear_error(mariadb: MariaDBServer, pki: TestPki) -> None:
+    """The greeting offers no TLS; a client that insists is told so by its own library."""
+    with ProxyThread(make_route(mariadb.port, ca_file=pki.ca)) as proxy:
+        result = subprocess.run(
+            ["mariadb", "--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-P", str(proxy.port),
+             "--ssl-verify-server-cert", f"-u{NATIVE.user}", f"-p{NATIVE.password}", "-e", "SELECT 1"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode != 0
+        assert "SSL is required, but the server does not support it" in result.stderr
+        with pytest.raises(pymysql.err.OperationalError) as raised:
+            pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
+                            ssl_verify_cert=True, ssl_ca=str(pki.ca))
+        assert raised.value.args[0] == 2026
