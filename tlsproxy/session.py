@@ -37,6 +37,9 @@ from tlsproxy.tls import UpstreamTls, describe_tls_failure
 
 log = logging.getLogger(__name__)
 
+HALF_CLOSE_LINGER_SECONDS = 30.0
+"""After a client half-close, how long the server may take to answer and close before the proxy does."""
+
 
 @dataclass
 class ConnectionStats:
@@ -106,6 +109,7 @@ class Session:
         self._relaying = False
         self._last_activity = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._phase_start = self.stats.accepted_at
         self.client_address = "-"
 
@@ -281,9 +285,17 @@ class Session:
         if self.upstream.can_write_eof():
             self.upstream.write_eof()
             return True
-        # A TLS upstream cannot half-close: close it after flushing what the client sent.
-        self.close("client closed", closed_by="client")
-        return False
+        # A TLS upstream cannot half-close: the machine ends the session with COM_QUIT after the
+        # client's last complete command, and the server's answer still reaches the client.
+        quit_effects = self.machine.receive_client_eof()
+        if not quit_effects:
+            self.close("client closed", closed_by="client")
+            return False
+        self._apply(quit_effects)
+        self._linger_timer = self._loop.call_later(
+            HALF_CLOSE_LINGER_SECONDS,
+            lambda: self.close("upstream did not close after COM_QUIT", outcome="aborted", closed_by="client"))
+        return True
 
     def server_eof(self) -> bool:
         self._server_eof = True
@@ -351,8 +363,9 @@ class Session:
             self.stats.outcome = "ok" if self._relaying else "aborted"
         self.stats.reason = reason
         self.stats.closed_by = closed_by
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
         for transport in (self.client, self.upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()

@@ -201,6 +201,11 @@ class FrameSkipper:
             if pos == size:
                 return pos
 
+    @property
+    def at_frame_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at the end of a frame."""
+        return self._payload_left == 0
+
     def skip_claimed(self) -> None:
         """The caller consumed a claimed frame whole; continue after it."""
         self._payload_left = 0

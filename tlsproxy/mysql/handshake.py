@@ -225,6 +225,18 @@ class HandshakeMachine:
             self.state = State.CLOSED
             raise
 
+    def receive_client_eof(self) -> list[Effect]:
+        """The client half-closed its side in the relay. A TLS upstream cannot half-close, so when the
+        client's last packet is complete the proxy sends COM_QUIT: the server finishes what it was
+        answering, then closes, and the client still gets every byte of the answer."""
+        if (
+            self.state is State.RELAY
+            and not self._relay_tail
+            and self._relay_skipper.at_frame_boundary
+        ):
+            return [SendToServer(encode_frame(0, bytes((Command.QUIT,))))]
+        return []
+
     def error_packet(self, error: TlsProxyError) -> bytes | None:
         """The ERR frame that tells the client about `error`, stamped with the id it expects; None once
         the relay runs (a client mid-command would misread it: the driver just closes)."""
