@@ -214,3 +214,25 @@ def test_client_asking_for_tls_gets_a_clear_error(mariadb: MariaDBServer, pki: T
             pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
                             ssl_verify_cert=True, ssl_ca=str(pki.ca))
         assert raised.value.args[0] == 2026
+
+
+def test_garbage_closes_only_that_connection(mariadb: MariaDBServer, pki: TestPki, caplog) -> None:
+    """A client that sends garbage instead of a handshake response is cut off with a log line; the
+    proxy keeps serving the others (one of which is already connected)."""
+    with ProxyThread(make_route(mariadb.port, ca_file=pki.ca)) as proxy:
+        bystander = pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
+                                    ssl_disabled=True)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            greeting = sock.recv(65536)
+            assert greeting[4] == 0x0A
+            sock.sendall(b"\x05\x00\x00\x07garbage-that-is-not-mysql" * 3)
+            answer = bytearray()
+            read_available(sock, answer, timeout=5)
+        assert answer[4] == 0xFF and b"tlsproxy: " in answer, bytes(answer)
+        with bystander.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone()[0] == 1
+        bystander.close()
+        pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
+                        ssl_disabled=True).close()
+    assert any("out of order" in record.getMessage() for record in caplog.records)
