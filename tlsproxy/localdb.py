@@ -333,7 +333,10 @@ class MariaDBServer:
         logger.debug("starting mariadbd on %s:%d (datadir %s)", self.host, self.port, self.datadir)
         # Messages printed before mariadbd opens log-error (bad options) land in the same log.
         with self.error_log.open("ab") as early_log:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=early_log, stderr=early_log)
+            # Its own session: a fault that makes mariadbd signal its process group (seen with a broken
+            # auth_pam_tool) must not reach the caller.
+            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=early_log, stderr=early_log,
+                                             start_new_session=True)
         try:
             self._wait_until_ready(startup_timeout, log_offset)
         finally:
