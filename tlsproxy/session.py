@@ -306,7 +306,8 @@ class Session:
             self.close("both sides closed", closed_by="server")
             return False
         self.client.write_eof()
-        return True
+        # A TLS transport closes itself on EOF whatever this returns (asyncio warns if it is True).
+        return self.runtime.upstream_tls is None
 
     def client_lost(self, exc: Exception | None) -> None:
         if not self._closed:

@@ -15,8 +15,9 @@ A Playbook is a list of steps fed to a `HandshakeMachine` (``>>``) and the effec
     )
 
 Steps: ``>> server >> data`` (bytes from upstream), ``>> client >> data`` (bytes from the client),
-``>> tls_established``. Expectations: any effect instance, or ``<< raises(SomeError)`` right after the
-step that must raise (matched with isinstance; `.error` then holds the exception).
+``>> tls_established``. Expectations: an effect instance (compared with ==), an effect class (any
+instance matches, e.g. ``<< CloseConnection``), or ``<< raises(SomeError)`` right after the step that
+must raise (matched with isinstance; its `.caught` then holds the exception).
 
 Evaluation is incremental: after ``assert playbook`` you may inspect the machine, append more steps and
 ``assert playbook`` again; only the new steps run. On a mismatch the AssertionError shows the whole
@@ -250,6 +251,9 @@ class Playbook:
                     want.caught = item
                 elif isinstance(item, BaseException):
                     self._fail(f"expected {_show_effect(want)}, but the step raised {item!r}")
+                elif isinstance(want, type):
+                    if not isinstance(item, want):
+                        self._fail(f"expected any {want.__name__}, got {_show_effect(item)}")
                 elif item != want:
                     self._fail(f"expected {_show_effect(want)}\n     got {_show_effect(item)}")
                 i += 1

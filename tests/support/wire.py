@@ -51,6 +51,10 @@ class _Listener:
         self.sock.close()
         for conn in self._connections:
             try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv(); close() alone does not
+            except OSError:
+                pass
+            try:
                 conn.close()
             except OSError:
                 pass

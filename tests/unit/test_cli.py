@@ -283,3 +283,13 @@ def test_relative_flag_paths_are_relative_to_the_working_directory(tmp_path: Pat
     route: Route = config_of("--config", "conf/tlsproxy.yaml", "--ssl-ca", "my-ca.pem").routes[0]
     assert path.exists()
     assert route.tls.ca_file == tmp_path / "my-ca.pem", route.tls.ca_file
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: flags over a one-route file whose route is not a mapping report "
+                                       "'the config file has 1 routes' at the flag instead of the real problem")
+def test_flags_over_a_malformed_route_report_the_route(tmp_path: Path) -> None:
+    path = write(tmp_path / "tlsproxy.yaml", "routes:\n  - db.example.com:3306\n")
+    with pytest.raises(ConfigError) as error:
+        config_of("--config", str(path), "--ssl-ca", "/ca.pem")
+    assert error.value.key == "routes[0]", error.value
+    assert "expected a mapping of route settings" in error.value.problem

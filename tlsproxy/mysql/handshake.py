@@ -432,13 +432,13 @@ class HandshakeMachine:
             self._await = _Await.CIPHERTEXT
             return [self._send_public_key()]
         if len(payload) == key_size:
-            password = self._try_decrypt_password(payload)
-            if password is not None:
-                return [self._forward_password(password)]
-        if waiting is _Await.SHA256_FIRST or payload.endswith(b"\x00"):
+            # RSA ciphertext: under the proxy's key, or (client configured with the server's key) not
+            # readable at all -- then refuse here rather than send it upstream as a password.
+            return [self._forward_password(self._decrypt_password(payload))]
+        empty_password = waiting is _Await.SHA256_FIRST and payload in (b"", b"\x00")
+        if empty_password or payload.endswith(b"\x00"):
             # A client that believes its link is secure sends the cleartext password (PROTOCOL.md §5.3
-            # product decision: the local leg is the operator's trust boundary); sha256 also sends a
-            # lone 0x00 for an empty password. Upstream gets it inside TLS.
+            # product decision: the local leg is the operator's trust boundary). Upstream gets it inside TLS.
             self._await = _Await.NOTHING
             return [self._to_server(payload)]
         raise AuthEmulationError(
@@ -454,12 +454,6 @@ class HandshakeMachine:
     def _forward_password(self, password: bytes) -> SendToServer:
         self._await = _Await.NOTHING
         return self._to_server(password + b"\x00")
-
-    def _try_decrypt_password(self, ciphertext: bytes) -> bytes | None:
-        try:
-            return self._decrypt_password(ciphertext)
-        except AuthEmulationError:
-            return None
 
     def _decrypt_password(self, ciphertext: bytes) -> bytes:
         """RSA-OAEP(SHA-1) decrypt, XOR with the current nonce (NUL included), strip the NUL (§5.3)."""
