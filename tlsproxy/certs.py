@@ -371,6 +371,27 @@ def load_ca_certificates(path: Path) -> list[bytes]:
     return [_certificate_pem(certificate) for certificate in certificates]
 
 
+def check_crl_file(path: Path) -> int:
+    """Check that a CRL file holds PEM CRLs and nothing else (OpenSSL would take a certificate in it as
+    a trusted CA). Returns the number of CRLs; CertificateFileError says what is wrong."""
+    path = Path(path)
+    data = _read_file(path)
+    count = 0
+    for number, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
+        label = match.group(1)
+        if label != b"X509 CRL":
+            raise CertificateFileError(path, f"PEM block #{number} is a {label.decode('ascii')}, not an X509 CRL; "
+                                             "a CRL file must hold CRLs only")
+        try:
+            x509.load_pem_x509_crl(match.group(0))
+        except ValueError as error:
+            raise CertificateFileError(path, f"PEM block #{number} is not a valid CRL") from error
+        count += 1
+    if not count:
+        raise CertificateFileError(path, "no PEM CRL (-----BEGIN X509 CRL-----) found in the file")
+    return count
+
+
 def _read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()

@@ -18,7 +18,7 @@ from tlsproxy.errors import TlsProxyError, UpstreamConnectError, UpstreamTimeout
 from tlsproxy.mysql.codec import DecodeError, FrameBuffer, encode_frame
 from tlsproxy.mysql.constants import Capability
 from tlsproxy.mysql.handshake import HandshakeMachine
-from tlsproxy.mysql.messages import InitialHandshake
+from tlsproxy.mysql.messages import InitialHandshake, parse_err
 from tlsproxy.tls import UpstreamTls, build_client_context, build_upstream_tls, describe_tls_failure
 
 CHECK_CLIENT_CAPABILITIES = (
@@ -73,12 +73,13 @@ def check_route(route: Route, upstream_tls: UpstreamTls | None) -> CheckResult:
         return result
     try:
         sock.settimeout(route.handshake_timeout)
-        _read_greeting(sock, machine)
+        first = _read_greeting(sock, machine)
         greeting: InitialHandshake | None = machine.greeting
-        result.server_version = greeting.server_version if greeting else "(ERR greeting)"
         if greeting is None:
-            result.error = "upstream answered with an ERR packet instead of a greeting"
+            err = parse_err(first[4:])
+            result.error = f"upstream refused the connection: ERROR {err.error_code}: {err.error_message}"
             return result
+        result.server_version = greeting.server_version
         if upstream_tls is None:
             result.ok = True
             result.verified = "no TLS (ssl_mode DISABLED)"

@@ -102,23 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PATH_FLAGS = {"ssl_ca", "ssl_capath", "ssl_cert", "ssl_key", "ssl_crl", "auth_rsa_key"}
+
+
+def _flag_value(dest: str, value: Any) -> Any:
+    """Paths given as flags are relative to the working directory (paths in the file, to the file)."""
+    if dest in PATH_FLAGS or (dest == "listen" and isinstance(value, str) and value.startswith(("./", "../"))):
+        return str(Path(value).expanduser().absolute())
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> ProxyConfig:
     raw: dict[str, Any] = load_config_file(args.config) if args.config else {}
     base = args.config.resolve().parent if args.config else None
-    route_overrides = {key: getattr(args, dest) for dest, key in ROUTE_FLAGS.items() if getattr(args, dest) is not None}
+    route_overrides = {key: _flag_value(dest, getattr(args, dest))
+                       for dest, key in ROUTE_FLAGS.items() if getattr(args, dest) is not None}
     for dest, key in TOP_FLAGS.items():
         if getattr(args, dest) is not None:
-            raw[key] = getattr(args, dest)
+            raw[key] = _flag_value(dest, getattr(args, dest))
     routes = raw.get("routes")
     if route_overrides:
         if not routes:
             raw["routes"] = [route_overrides]
-        elif isinstance(routes, list) and len(routes) == 1 and isinstance(routes[0], dict):
-            routes[0].update(route_overrides)
-        else:
+        elif isinstance(routes, list) and len(routes) > 1:
             flag = "--" + next(iter(route_overrides)).replace("_", "-")
-            raise ConfigError(flag, f"the config file has {len(routes) if isinstance(routes, list) else 'several'} "
-                                    "routes; set per-route values in the file")
+            raise ConfigError(flag, f"the config file has {len(routes)} routes; set per-route values in the file")
+        elif isinstance(routes, list) and isinstance(routes[0], dict):
+            routes[0].update(route_overrides)
+        # otherwise parse_config reports what is wrong with the file's routes
     elif not routes:
         raise ConfigError("--upstream", "no route configured: give --upstream HOST:PORT (and --listen), or --config FILE")
     config = parse_config(raw, base=base)

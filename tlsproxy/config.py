@@ -144,25 +144,24 @@ def parse_tcp_address(value: Any, key: str, *, default_port: int | None = None) 
 
 
 def parse_listen_address(value: Any, key: str, mode: Any = None) -> ListenAddress:
-    if isinstance(value, str) and (value.startswith("/") or value.startswith("unix:") or value.startswith("./")):
+    if isinstance(value, str) and value.startswith(("/", "unix:", "./", "../")):
         path = Path(value.removeprefix("unix:"))
         return UnixAddress(path, _parse_mode(mode, key.rsplit(".", 1)[0] + ".unix_socket_mode"))
     return parse_tcp_address(value, key)
 
 
 def _parse_mode(value: Any, key: str) -> int:
-    """An octal file mode. Quote it in YAML ("0660"); an unquoted 0660 arrives as the int 432."""
+    """An octal file mode, as text ("0660"). `load_config_file` keeps an unquoted 0660 as text too; a
+    plain number such as 660 or 400 is refused rather than guessed (YAML reads it as decimal)."""
     if value is None:
         return 0o660
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
-        return value
     if isinstance(value, str) and re.fullmatch(r"(0o|0)?[0-7]{3}", value.strip()):
         return int(value.strip()[-3:], 8)
-    raise ConfigError(key, f"expected an octal file mode such as \"0660\", got {value!r}")
+    raise ConfigError(key, f"expected an octal file mode such as \"0660\" (quoted), got {value!r}")
 
 
 def _duration(value: Any, key: str, *, allow_off: bool = False) -> float | None:
-    if allow_off and value in (None, 0, "0", "off", False):
+    if allow_off and (value in (None, 0, False) or str(value).strip().lower() in ("0", "0s", "0ms", "off", "none")):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(key, "expected seconds, e.g. 10 or 2.5" + (" (0 or off to disable)" if allow_off else ""))
@@ -230,8 +229,10 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
     unknown = sorted(set(raw) - _ROUTE_KEYS)
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(_ROUTE_KEYS))}")
-    name = str(raw.get("name", f"route{index}" if index else "default"))
-    if not _NAME.match(name):
+    name = raw.get("name")
+    if name is None:
+        name = f"route{index}" if index else "default"
+    if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{key}.name", "use letters, digits, '.', '_' or '-' (at most 64)")
     if "upstream" not in raw:
         raise ConfigError(f"{key}.upstream", "required: the MySQL server as HOST:PORT")
@@ -326,13 +327,28 @@ def _check_unique(routes: tuple[Route, ...]) -> None:
         listens.add(where)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that keeps scalars like 0660 as text: YAML 1.1 would read them as octal numbers,
+    and a file mode written that way is meant as the digits the user typed."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.yaml_implicit_resolvers["0"].insert(0, ("tag:yaml.org,2002:str", re.compile(r"^0[0-7]+$")))
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):

@@ -107,6 +107,10 @@ def _load_trust(context: ssl.SSLContext, settings: TlsSettings, key_prefix: str)
         raise ConfigError(key_prefix + "ssl_ca", "no trust anchors: give ssl_ca or ssl_capath, or set ssl_system_trust: true")
     if settings.crl_file is not None:
         try:
+            certs.check_crl_file(settings.crl_file)
+        except certs.CertificateFileError as exc:
+            raise ConfigError(key_prefix + "ssl_crl", str(exc)) from None
+        try:
             context.load_verify_locations(cafile=str(settings.crl_file))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(key_prefix + "ssl_crl", f"cannot load CRL {settings.crl_file}: {exc}") from None
@@ -133,10 +137,12 @@ def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> No
         raise ConfigError(key, "cannot reach this Python's OpenSSL context to set TLS 1.3 cipher suites")
     if set_suites(pointer, suites.encode("ascii")) != 1:
         raise ConfigError(key, f"OpenSSL accepts no TLS 1.3 suite in {suites!r} (e.g. TLS_AES_256_GCM_SHA384)")
-    wanted = set(suites.split(":"))
+    wanted = {name.strip() for name in suites.split(":") if name.strip()}
     offered = {c["name"] for c in context.get_ciphers() if c.get("protocol") == "TLSv1.3"}
-    if offered and not offered <= wanted:  # pragma: no cover - a safety net
-        raise ConfigError(key, f"OpenSSL kept TLS 1.3 suites {sorted(offered - wanted)}")
+    unknown = wanted - offered
+    if unknown:
+        raise ConfigError(key, f"unknown TLS 1.3 suite(s) {', '.join(sorted(unknown))}; OpenSSL offers "
+                               f"{', '.join(sorted(offered)) or 'none of them'}")
 
 
 # ---- failures ------------------------------------------------------------------------------------
@@ -149,6 +155,8 @@ _VERIFY_REASONS = {
     19: ("certificate_untrusted", "the chain's root CA is not trusted (self-signed certificate in certificate chain)"),
     20: ("certificate_untrusted", "issuer not trusted (unable to get local issuer certificate)"),
     21: ("certificate_untrusted", "unable to verify the first certificate"),
+    3: ("crl_unavailable", "no CRL from the certificate's issuer in ssl_crl (unable to get certificate CRL)"),
+    12: ("crl_expired", "the CRL in ssl_crl has expired"),
     23: ("revoked", "certificate revoked"),
     62: ("host_name_mismatch", "host name mismatch"),
     64: ("host_name_mismatch", "IP address mismatch"),

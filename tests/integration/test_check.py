@@ -217,8 +217,6 @@ routes:
 # ---- bugs ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check drops the server's own error text when the upstream answers "
-                                       "with an ERR packet instead of a greeting")
 def test_check_shows_the_servers_error_greeting() -> None:
     """A server that refuses at once (here: MariaDB's 1130 for a host without any account), faked by a socket."""
     message = b"Host '127.0.0.1' is not allowed to connect to this MariaDB server"

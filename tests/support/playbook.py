@@ -164,7 +164,8 @@ def merge_effects(effects: Iterable[Effect]) -> list[Effect]:
 
 
 def run_step(machine: HandshakeMachine, step: Step, chunker: Chunker = whole) -> list[Effect]:
-    """Feed one step; the effects of its chunks, merged. Exceptions propagate."""
+    """Feed one step; its effects exactly as returned (merged across chunks if `chunker` splits).
+    Exceptions propagate."""
     effects: list[Effect] = []
     if isinstance(step, TlsEstablished):
         effects += machine.tls_established()
@@ -172,7 +173,7 @@ def run_step(machine: HandshakeMachine, step: Step, chunker: Chunker = whole) ->
         receive = machine.receive_server_data if isinstance(step, ServerData) else machine.receive_client_data
         for piece in chunker(step.data):
             effects += receive(piece)
-    return merge_effects(effects)
+    return effects if chunker is whole else merge_effects(effects)
 
 
 def run_steps(machine: HandshakeMachine, steps: Sequence[Step], chunker: Chunker = whole) -> list[Effect]:

@@ -275,8 +275,6 @@ def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 # ---- bugs ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with --config, relative paths given as FLAGS are resolved against the "
-                                       "config file's directory instead of the working directory")
 def test_relative_flag_paths_are_relative_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "conf" / "tlsproxy.yaml", ONE_ROUTE)
     monkeypatch.chdir(tmp_path)
@@ -285,8 +283,6 @@ def test_relative_flag_paths_are_relative_to_the_working_directory(tmp_path: Pat
     assert route.tls.ca_file == tmp_path / "my-ca.pem", route.tls.ca_file
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: flags over a one-route file whose route is not a mapping report "
-                                       "'the config file has 1 routes' at the flag instead of the real problem")
 def test_flags_over_a_malformed_route_report_the_route(tmp_path: Path) -> None:
     path = write(tmp_path / "tlsproxy.yaml", "routes:\n  - db.example.com:3306\n")
     with pytest.raises(ConfigError) as error:
