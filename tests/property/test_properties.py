@@ -4,9 +4,6 @@
 2. Splitting the input into different chunks does not change the result (FrameBuffer, FrameSkipper, machine).
 3. Arbitrary bytes from either peer, in any chunking, raise only TlsProxyError subclasses (never IndexError,
    struct.error, AssertionError, DecodeError...), and the machine never buffers more than its limit.
-
-Known bugs the fuzzers steer around (each has a strict xfail in tests/unit/test_handshake.py): client bytes
-during TLS_PENDING are neither bounded nor converted to a ProtocolError by tls_established().
 """
 
 from __future__ import annotations
@@ -314,8 +311,8 @@ def _event_bytes(m: HandshakeMachine, side: str, kind: str, data: bytes, seq: in
 
 
 def _check_buffers(m: HandshakeMachine, largest_chunk: int) -> None:
-    if m.state in (State.TLS_PENDING, State.CLOSED):
-        return  # TLS_PENDING: known unbounded buffer (xfail in test_handshake); CLOSED: the machine is dead
+    if m.state is State.CLOSED:
+        return  # the machine is dead
     limit = MAX_PACKET + HEADER_SIZE
     assert len(m._client_frames) <= limit  # noqa: SLF001
     assert len(m._server_frames) <= limit  # noqa: SLF001
@@ -338,8 +335,6 @@ def _drive(m: HandshakeMachine, evs: list[Event], split: Callable[[bytes], list[
             call: Callable[[], list[object]] = m.tls_established
             pieces: list[Callable[[], list[object]]] = [call]
         else:
-            if side == "client" and m.state is State.TLS_PENDING:
-                continue  # known bug, see module docstring
             wire = _event_bytes(m, side, kind, data, seq)
             receive = m.receive_client_data if side == "client" else m.receive_server_data
             pieces = [lambda piece=piece, receive=receive: receive(piece) for piece in split(wire)]
@@ -379,8 +374,6 @@ def test_machine_result_does_not_depend_on_chunking(start: str, evs: list[Event]
     concrete: list[Event] = []
     for side, kind, payload, seq in evs:
         if side != "tls":
-            if side == "client" and reference.state is State.TLS_PENDING:
-                continue
             wire = _event_bytes(reference, side, kind, payload, seq)
             concrete.append((side, "raw", wire, None))
         else:
@@ -408,8 +401,6 @@ def test_machine_result_does_not_depend_on_chunking(start: str, evs: list[Event]
 def test_machine_one_byte_at_a_time_from_either_side(start: str, blob: bytes) -> None:
     for side in ("server", "client"):
         m = _start(start)
-        if side == "client" and m.state is State.TLS_PENDING:
-            continue
         _drive(m, [(side, "raw", blob, None)], lambda wire: [wire[i : i + 1] for i in range(len(wire))])
 
 

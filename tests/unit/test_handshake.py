@@ -327,11 +327,6 @@ def test_old_clients_are_refused_with_1251(response: bytes) -> None:
     assert packet is not None and packet[3] == 2 and packet[4:7] == b"\xff\xe3\x04"  # 1251
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: error_packet adds '#08004' for a client that did not negotiate CLIENT_PROTOCOL_41 "
-    "(client_response is only stored after validation, so protocol_41 defaults to True)",
-)
 def test_pre41_client_error_has_no_sqlstate() -> None:
     expect = raises(ClientCapabilityError)
     playbook = (
@@ -394,12 +389,6 @@ def test_server_packet_before_client_response_is_refused() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when one read holds the greeting and a bad packet, the raise discards the greeting's "
-    "SendToClient but the machine already counts it as sent, so error_packet stamps seq 1 with a SQLSTATE "
-    "for a client that has seen nothing (it expects seq 0, no '#')",
-)
 def test_error_after_greeting_in_the_same_read_is_reported_as_pre_greeting() -> None:
     m = machine()
     with pytest.raises(ServerProtocolError) as caught:
@@ -462,25 +451,19 @@ def test_tls_error_reported_at_client_seq2() -> None:
     assert m.error_packet(error) == frame(2, err(1043, "08S01", "tlsproxy: certificate verify failed"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tls_established() lets codec.DecodeError escape (it only converts TlsProxyError) when the "
-    "client pipelined a frame header over the limit during TLS_PENDING",
-)
-def test_tls_established_reports_oversized_pipelined_client_packet_as_protocol_error() -> None:
+def test_client_bytes_while_tls_is_pending_are_a_protocol_error() -> None:
+    """The client must wait for the server's answer: anything it sends meanwhile (here a header
+    announcing 65535 bytes) ends the connection with ERR seq 2, before it is buffered."""
     m = machine(max_handshake_packet=1000)
     m.receive_server_data(frame(0, G.MYSQL_80.payload))
     m.receive_client_data(frame(1, C1_SHA2))
-    m.receive_client_data(b"\xff\xff\x00\x02")  # announces 65535 bytes
-    with pytest.raises(ClientProtocolError):
-        m.tls_established()
+    with pytest.raises(ClientProtocolError) as caught:
+        m.receive_client_data(b"\xff\xff\x00\x02")
+    packet = m.error_packet(caught.value)
+    assert packet is not None and packet[3] == 2
+    assert len(m._client_frames) == 0  # noqa: SLF001
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in TLS_PENDING receive_client_data buffers every byte without looking at frame headers, "
-    "so a client can make the proxy hold unbounded data before the upstream TLS handshake ends",
-)
 def test_client_bytes_during_tls_pending_are_bounded() -> None:
     m = machine(max_handshake_packet=1000)
     m.receive_server_data(frame(0, G.MYSQL_80.payload))
@@ -802,11 +785,6 @@ def test_new_server_version_refuses_pkcs1v15_padding() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _server_version_before_8_0_5 strips '5.5.5-', but Connector/J parses '5.5.5-10.x-MariaDB' as "
-    "5.5.5 and encrypts with PKCS#1 v1.5 (PROTOCOL.md §5.3 step 3.4), so the fallback never fires for it",
-)
 def test_mariadb_5_5_5_prefix_gets_the_pkcs1v15_fallback() -> None:
     ciphertext = encrypt_pkcs1v15(PASSWORD, NONCE2)
     assert (
@@ -972,11 +950,6 @@ class FakeKey:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: replace_auth_response raises ValueError (not a TlsProxyError) when the decrypted password "
-    "does not fit the client's 1-byte auth length (sha256 initial response, client without LENENC, key >2048 bit)",
-)
 def test_sha256_initial_long_password_with_one_byte_length_is_a_protocol_error() -> None:
     password = b"p" * 300  # allowed by a 4096-bit key: strlen + 41 < 512
     fake = FakeKey(bytes(b ^ G.NONCE_MYSQL_80[i % 20] for i, b in enumerate(password + b"\x00")))

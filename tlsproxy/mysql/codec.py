@@ -168,10 +168,11 @@ class FrameSkipper:
     stream (the skipper holds no bytes itself; the caller keeps the unconsumed tail).
     """
 
-    __slots__ = ("_payload_left", "_wants_whole")
+    __slots__ = ("_payload_left", "_in_continuation", "_wants_whole")
 
     def __init__(self, wants_whole: Callable[[int, int, int], bool]) -> None:
         self._payload_left = 0
+        self._in_continuation = False  # the next frame continues a packet of 16 MiB or more
         self._wants_whole = wants_whole
 
     def feed(self, data: bytes | memoryview) -> int:
@@ -187,24 +188,24 @@ class FrameSkipper:
                 pos += step
                 if self._payload_left:
                     return pos
-            if size - pos < HEADER_SIZE + 1:
-                # Not enough to decide; an empty frame (header only) is also passed once we see 4 bytes
-                if size - pos >= HEADER_SIZE and parse_header(data[pos : pos + HEADER_SIZE])[0] == 0:
-                    pos += HEADER_SIZE
-                    continue
+            if size - pos < HEADER_SIZE:
                 return pos
             length, sequence_id = parse_header(data[pos : pos + HEADER_SIZE])
-            if length and self._wants_whole(length, sequence_id, data[pos + HEADER_SIZE]):
-                return pos
+            if length and not self._in_continuation:
+                if size - pos == HEADER_SIZE:
+                    return pos  # the first payload byte decides whether the frame is claimed
+                if self._wants_whole(length, sequence_id, data[pos + HEADER_SIZE]):
+                    return pos
             pos += HEADER_SIZE
             self._payload_left = length
+            self._in_continuation = length == MAX_PACKET_PAYLOAD
             if pos == size:
                 return pos
 
     @property
     def at_frame_boundary(self) -> bool:
-        """True when the bytes fed so far end exactly at the end of a frame."""
-        return self._payload_left == 0
+        """True when the bytes fed so far end exactly at the end of a whole packet."""
+        return self._payload_left == 0 and not self._in_continuation
 
     def skip_claimed(self) -> None:
         """The caller consumed a claimed frame whole; continue after it."""

@@ -156,6 +156,8 @@ class HandshakeMachine:
         self.greeting: InitialHandshake | None = None
         self.client_response: HandshakeResponse | None = None
         self._client_response_payload = b""
+        self._client_protocol_41: bool | None = None
+        self._sent_in_call = 0
         self._nonce = b""
         self.auth_plugin = ""
         self.rsa_exchange_emulated = False
@@ -181,6 +183,7 @@ class HandshakeMachine:
             return [SendToClient(data)] if data else []
         if self.state is State.CLOSED:
             return []
+        self._sent_in_call, greeting_sent = 0, self._greeting_sent
         try:
             self._server_frames.feed(data)
             effects: list[Effect] = []
@@ -193,36 +196,46 @@ class HandshakeMachine:
                 effects.append(SendToClient(self._server_frames.take_rest()))
             return effects
         except DecodeError as exc:
-            self.state = State.CLOSED
+            self._fail(greeting_sent)
             raise ServerProtocolError(f"malformed packet from upstream: {exc}") from None
         except TlsProxyError:
-            self.state = State.CLOSED
+            self._fail(greeting_sent)
             raise
 
     def receive_client_data(self, data: bytes) -> list[Effect]:
         if self.state is State.RELAY:
             return self._relay_client_data(data)
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or not data:
             return []
+        if self.state is State.TLS_PENDING:
+            # The client waits for the server's answer to its response; it has nothing to send now.
+            self._sent_in_call = 0
+            self._fail()
+            raise ClientProtocolError("client sent data before the server answered its handshake response")
+        self._sent_in_call, greeting_sent = 0, self._greeting_sent
         try:
             self._client_frames.feed(data)
             return self._drain_client_frames()
         except DecodeError as exc:
-            self.state = State.CLOSED
+            self._fail(greeting_sent)
             raise ClientProtocolError(f"malformed packet from client: {exc}") from None
         except TlsProxyError:
-            self.state = State.CLOSED
+            self._fail(greeting_sent)
             raise
 
     def tls_established(self) -> list[Effect]:
         if self.state is not State.TLS_PENDING:
             raise RuntimeError(f"tls_established in state {self.state}")
         self.state = State.AUTH
+        self._sent_in_call, greeting_sent = 0, self._greeting_sent
         try:
             effects = self._send_client_response_upstream()
             return effects + self._drain_client_frames()
+        except DecodeError as exc:
+            self._fail(greeting_sent)
+            raise ClientProtocolError(f"malformed packet from client: {exc}") from None
         except TlsProxyError:
-            self.state = State.CLOSED
+            self._fail(greeting_sent)
             raise
 
     def receive_client_eof(self) -> list[Effect]:
@@ -237,6 +250,15 @@ class HandshakeMachine:
             return [SendToServer(encode_frame(0, bytes((Command.QUIT,))))]
         return []
 
+    def _fail(self, greeting_sent: bool | None = None) -> None:
+        """Enter CLOSED. The driver discards the effects of the failing call, so the client-leg counter
+        forgets the packets that call meant to send (for `error_packet`)."""
+        self.state = State.CLOSED
+        self._client_seq = (self._client_seq - self._sent_in_call) & 0xFF
+        self._sent_in_call = 0
+        if greeting_sent is not None:
+            self._greeting_sent = greeting_sent
+
     def error_packet(self, error: TlsProxyError) -> bytes | None:
         """The ERR frame that tells the client about `error`, stamped with the id it expects; None once
         the relay runs (a client mid-command would misread it: the driver just closes)."""
@@ -246,7 +268,7 @@ class HandshakeMachine:
             sequence_id, protocol_41 = 0, False
         else:
             sequence_id = self._client_seq
-            protocol_41 = self.client_response.protocol_41 if self.client_response else True
+            protocol_41 = True if self._client_protocol_41 is None else self._client_protocol_41
         payload = ErrPacket(error.errno, error.sqlstate, error.client_message).encode_payload(
             protocol_41=protocol_41,
         )
@@ -356,6 +378,7 @@ class HandshakeMachine:
 
     def _on_client_response(self, payload: bytes) -> list[Effect]:
         response = parse_handshake_response(payload)
+        self._client_protocol_41 = response.protocol_41
         if response.is_ssl_request or (len(payload) == SSL_REQUEST_SIZE and response.capability_flags & Capability.SSL):
             raise ClientTlsRequestError(
                 "the client asked for TLS, but the proxy's client side is plaintext (TLS is done upstream); "
@@ -408,9 +431,13 @@ class HandshakeMachine:
 
     def _send_initial_response_with_password(self, ciphertext: bytes) -> SendToServer:
         password = self._decrypt_password(ciphertext)
-        payload = replace_auth_response(
-            self._client_response_payload, self.client_response, password + b"\x00",  # type: ignore[arg-type]
-        )
+        try:
+            payload = replace_auth_response(
+                self._client_response_payload, self.client_response, password + b"\x00",  # type: ignore[arg-type]
+            )
+        except ValueError:
+            raise AuthEmulationError("the password is too long for this client's handshake format "
+                                     "(a 1-byte auth length)") from None
         self._await = _Await.NOTHING
         return self._to_server(payload)
 
@@ -477,8 +504,8 @@ class HandshakeMachine:
     def _server_version_before_8_0_5(self) -> bool:
         if self.greeting is None:
             return False
-        version = self.greeting.server_version.removeprefix("5.5.5-")
-        match = _OLD_RSA_PADDING_VERSION.match(version)
+        # Connector/J parses the version as sent: MariaDB 10.x's "5.5.5-" prefix reads as 5.5.5.
+        match = _OLD_RSA_PADDING_VERSION.match(self.greeting.server_version)
         return bool(match) and tuple(int(part) for part in match.groups()) < (8, 0, 5)
 
     # ---- command phase -------------------------------------------------------------------------
@@ -487,6 +514,8 @@ class HandshakeMachine:
         return sequence_id == 0 and first_byte == Command.CHANGE_USER and length < self._max_packet
 
     def _relay_client_data(self, data: bytes) -> list[Effect]:
+        if not data:
+            return []
         if self._relay_tail:
             data = self._relay_tail + data
             self._relay_tail = b""
@@ -533,6 +562,7 @@ class HandshakeMachine:
     def _to_client(self, payload: bytes) -> SendToClient:
         data = encode_frame(self._client_seq, payload)
         self._client_seq = (self._client_seq + 1) & 0xFF
+        self._sent_in_call += 1
         return SendToClient(data)
 
     def _to_server(self, payload: bytes) -> SendToServer:

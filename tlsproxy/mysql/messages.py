@@ -68,7 +68,7 @@ def parse_initial_handshake(payload: bytes) -> InitialHandshake:
     auth_data = part1
     if capabilities & Capability.SECURE_CONNECTION:
         part2_length = max(13, auth_data_length - 8)
-        auth_data += reader.fixed(min(part2_length, reader.remaining), "auth_plugin_data_part_2")
+        auth_data += reader.fixed(part2_length, "auth_plugin_data_part_2")
     plugin_name = ""
     if capabilities & Capability.PLUGIN_AUTH and not reader.at_end():
         # Some servers omit the final NUL of the plugin name.
