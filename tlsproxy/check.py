@@ -15,7 +15,7 @@ from typing import TextIO
 from tlsproxy import certs
 from tlsproxy.config import ProxyConfig, Route, SslMode
 from tlsproxy.errors import TlsProxyError, UpstreamConnectError, UpstreamTimeoutError
-from tlsproxy.mysql.codec import DecodeError, FrameBuffer, encode_frame
+from tlsproxy.mysql.codec import DecodeError, encode_frame
 from tlsproxy.mysql.constants import Capability
 from tlsproxy.mysql.handshake import HandshakeMachine
 from tlsproxy.mysql.messages import InitialHandshake, parse_err

@@ -119,7 +119,3 @@ class UpstreamLostError(TlsProxyError):
     errno = ErrorCode.HANDSHAKE_ERROR
     sqlstate = SqlState.COMMUNICATION_LINK.value
     metric_label = "upstream_lost"
-
-
-class ClientGoneError(TlsProxyError):
-    metric_label = "client_gone"

@@ -16,7 +16,6 @@ from typing import Callable
 
 from tlsproxy.config import Route, SslMode
 from tlsproxy.errors import (
-    ClientGoneError,
     HandshakeTimeoutError,
     TlsProxyError,
     UpstreamConnectError,
@@ -102,7 +101,6 @@ class Session:
         self._upstream_protocol = _UpstreamSide(self)
         self._task: asyncio.Task[None] | None = None
         self._relay_started = asyncio.Event()
-        self._failed: TlsProxyError | None = None
         self._closed = False
         self._client_eof = False
         self._server_eof = False
@@ -311,8 +309,6 @@ class Session:
 
     def client_lost(self, exc: Exception | None) -> None:
         if not self._closed:
-            if not self._relaying:
-                self._failed = ClientGoneError("client went away during the handshake")
             self.close("client connection lost" if exc else "client closed",
                        outcome=None if self._relaying else "client_gone", closed_by="client")
 
@@ -348,7 +344,6 @@ class Session:
         """Tell the client why (if the relay has not started) and close both legs."""
         if self._closed:
             return
-        self._failed = error
         packet = self.machine.error_packet(error)
         if packet is not None and self.client is not None and not self.client.is_closing():
             self.client.write(packet)

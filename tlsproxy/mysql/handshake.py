@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Callable, Protocol, Union
 
 from tlsproxy.errors import (
     AuthEmulationError,
@@ -175,7 +175,7 @@ class HandshakeMachine:
 
     def receive_server_data(self, data: bytes) -> list[Effect]:
         if self.state is State.TLS_PENDING:
-            self.state = State.CLOSED
+            self._fail()
             raise TlsInjectionError(
                 "upstream sent non-TLS data after the SSLRequest (before the TLS handshake); refusing the connection",
             )
@@ -183,24 +183,7 @@ class HandshakeMachine:
             return [SendToClient(data)] if data else []
         if self.state is State.CLOSED:
             return []
-        self._sent_in_call, greeting_sent = 0, self._greeting_sent
-        try:
-            self._server_frames.feed(data)
-            effects: list[Effect] = []
-            while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER):
-                frame = self._server_frames.next_frame()
-                if frame is None:
-                    break
-                effects += self._on_server_frame(frame)
-            if self.state is State.RELAY and len(self._server_frames):
-                effects.append(SendToClient(self._server_frames.take_rest()))
-            return effects
-        except DecodeError as exc:
-            self._fail(greeting_sent)
-            raise ServerProtocolError(f"malformed packet from upstream: {exc}") from None
-        except TlsProxyError:
-            self._fail(greeting_sent)
-            raise
+        return self._guarded(lambda: self._feed_server(data), ServerProtocolError, "upstream")
 
     def receive_client_data(self, data: bytes) -> list[Effect]:
         if self.state is State.RELAY:
@@ -209,34 +192,48 @@ class HandshakeMachine:
             return []
         if self.state is State.TLS_PENDING:
             # The client waits for the server's answer to its response; it has nothing to send now.
-            self._sent_in_call = 0
             self._fail()
             raise ClientProtocolError("client sent data before the server answered its handshake response")
-        self._sent_in_call, greeting_sent = 0, self._greeting_sent
-        try:
-            self._client_frames.feed(data)
-            return self._drain_client_frames()
-        except DecodeError as exc:
-            self._fail(greeting_sent)
-            raise ClientProtocolError(f"malformed packet from client: {exc}") from None
-        except TlsProxyError:
-            self._fail(greeting_sent)
-            raise
+        return self._guarded(lambda: self._feed_client(data), ClientProtocolError, "client")
 
     def tls_established(self) -> list[Effect]:
         if self.state is not State.TLS_PENDING:
             raise RuntimeError(f"tls_established in state {self.state}")
         self.state = State.AUTH
+        return self._guarded(
+            lambda: self._send_client_response_upstream() + self._drain_client_frames(), ClientProtocolError, "client",
+        )
+
+    def _guarded(self, step: Callable[[], list[Effect]], decode_error: type[TlsProxyError], side: str) -> list[Effect]:
+        """Run one input step; on failure enter CLOSED as if its effects were never produced (the driver
+        discards them), and turn codec errors into the protocol error of the side that sent the bytes."""
         self._sent_in_call, greeting_sent = 0, self._greeting_sent
         try:
-            effects = self._send_client_response_upstream()
-            return effects + self._drain_client_frames()
+            effects = step()
+            self._sent_in_call = 0
+            return effects
         except DecodeError as exc:
             self._fail(greeting_sent)
-            raise ClientProtocolError(f"malformed packet from client: {exc}") from None
+            raise decode_error(f"malformed packet from {side}: {exc}") from None
         except TlsProxyError:
             self._fail(greeting_sent)
             raise
+
+    def _feed_server(self, data: bytes) -> list[Effect]:
+        self._server_frames.feed(data)
+        effects: list[Effect] = []
+        while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER):
+            frame = self._server_frames.next_frame()
+            if frame is None:
+                break
+            effects += self._on_server_frame(frame)
+        if self.state is State.RELAY and len(self._server_frames):
+            effects.append(SendToClient(self._server_frames.take_rest()))
+        return effects
+
+    def _feed_client(self, data: bytes) -> list[Effect]:
+        self._client_frames.feed(data)
+        return self._drain_client_frames()
 
     def receive_client_eof(self) -> list[Effect]:
         """The client half-closed its side in the relay. A TLS upstream cannot half-close, so when the
@@ -251,8 +248,8 @@ class HandshakeMachine:
         return []
 
     def _fail(self, greeting_sent: bool | None = None) -> None:
-        """Enter CLOSED. The driver discards the effects of the failing call, so the client-leg counter
-        forgets the packets that call meant to send (for `error_packet`)."""
+        """Enter CLOSED. The driver discards the effects of the failing step, so the client-leg counter
+        forgets the packets that step meant to send (for `error_packet`)."""
         self.state = State.CLOSED
         self._client_seq = (self._client_seq - self._sent_in_call) & 0xFF
         self._sent_in_call = 0
