@@ -9,22 +9,18 @@ PROTOCOL.md §2-§6.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import socket
 import ssl
 import struct
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.support.mysql8_peer import MySQL8Peer, PeerAccount, PeerThread
+from tests.support.pki import TestPki
 
 pymysql = pytest.importorskip("pymysql")
 mysql_connector = pytest.importorskip("mysql.connector")
@@ -92,77 +88,9 @@ EXPECTED_CAPS_TLS = EXPECTED_CAPS_NO_TLS | SSL_FLAG | VERIFY_SERVER_CERT
 # --------------------------------------------------------------------------------------------
 
 
-def _write_test_pki(directory: Path) -> tuple[Path, Path, Path]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mysql8 peer test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = directory / "ca.pem"
-    cert_path = directory / "server-cert.pem"
-    key_path = directory / "server-key.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    return _write_test_pki(tmp_path_factory.mktemp("peer-pki"))
-
-
-@pytest.fixture(scope="module")
-def ca_path(pki: tuple[Path, Path, Path]) -> str:
-    return str(pki[0])
+def ca_path(pki: TestPki) -> str:
+    return str(pki.ca)
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +101,10 @@ def rsa_pem() -> bytes:
     )
 
 
-def _server_ctx(pki: tuple[Path, Path, Path]) -> ssl.SSLContext:
+def _server_ctx(pki: TestPki) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(pki[1]), str(pki[2]))
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
     return ctx
 
 
@@ -951,14 +879,24 @@ def test_auth_switch_client_default_differs(peer, ca_path, kind):
     assert peer.events == ["tls", "auth_switch", "full_auth_tls_cleartext", "authenticated"]
 
 
-@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
-@pytest.mark.parametrize("user", ["sha2user", "nativeuser", "sha256user", "nosuchuser"])
-@pytest.mark.parametrize("kind", CLIENTS)
+def _wrong_password_cases() -> list[tuple[str, str, bool]]:
+    """Every client x account x transport, less the combinations a client refuses locally before it
+    sends anything (each has its own test): connector-pure and sha256 without TLS; libmysqlclient and
+    caching_sha2 full auth on plain TCP (2061)."""
+    cases = []
+    for kind in CLIENTS:
+        for user in ("sha2user", "nativeuser", "sha256user", "nosuchuser"):
+            for tls in (True, False):
+                if not tls and user == "sha256user" and kind == "connector-pure":
+                    continue
+                if not tls and user in ("sha2user", "nosuchuser") and kind == "connector-cext":
+                    continue
+                cases.append((kind, user, tls))
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "user", "tls"), _wrong_password_cases())
 def test_wrong_password(peer, ca_path, kind, user, tls):
-    if not tls and user == "sha256user" and kind == "connector-pure":
-        pytest.skip("connector-pure refuses sha256_password without TLS before sending anything")
-    if not tls and user in ("sha2user", "nosuchuser") and kind == "connector-cext":
-        pytest.skip("libmysqlclient refuses caching_sha2 full auth on plain TCP (2061), see dedicated test")
     with pytest.raises((pymysql.err.MySQLError, mysql_connector.Error)) as ei:
         connect(kind, peer.port, user, "wrong-password", tls=tls, ca=ca_path)
     assert error_code(ei.value) == 1045
