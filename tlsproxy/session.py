@@ -309,7 +309,7 @@ class Session:
 
     def client_lost(self, exc: Exception | None) -> None:
         if not self._closed:
-            self.close("client connection lost" if exc else "client closed",
+            self.close(f"client connection lost ({exc.__class__.__name__}: {exc})" if exc else "client closed",
                        outcome=None if self._relaying else "client_gone", closed_by="client")
 
     def server_lost(self, exc: Exception | None) -> None:
@@ -318,7 +318,8 @@ class Session:
         if not self._relaying:
             self.fail(UpstreamLostError("lost the upstream connection during the handshake"))
         else:
-            self.close("upstream connection lost" if exc else "upstream closed", closed_by="server")
+            self.close(f"upstream connection lost ({exc.__class__.__name__}: {exc})" if exc else "upstream closed",
+                       closed_by="server")
 
     # ---- backpressure ------------------------------------------------------------------------------
 

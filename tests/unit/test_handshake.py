@@ -1278,3 +1278,25 @@ def test_transcript_holds_for_every_split_point(name: str) -> None:
                 else:
                     effects += run_step(m, other)
             assert merge_effects(effects) == expected, f"step {index} ({step!r}) split at {split}"
+
+
+# ---- client half-close in the relay -------------------------------------------------------------------
+
+
+def test_client_eof_after_a_complete_command_sends_com_quit() -> None:
+    playbook = relaying() >> client >> frame(0, SELECT_1) << SendToServer(frame(0, SELECT_1))
+    assert playbook
+    assert playbook.machine.receive_client_eof() == [SendToServer(frame(0, b"\x01"))]
+
+
+def test_client_eof_after_its_own_com_quit_sends_nothing_more() -> None:
+    playbook = relaying() >> client >> frame(0, b"\x01") << SendToServer(frame(0, b"\x01"))
+    assert playbook
+    assert playbook.machine.receive_client_eof() == []
+
+
+def test_client_eof_mid_packet_sends_nothing() -> None:
+    half = frame(0, SELECT_1)[:-3]
+    playbook = relaying() >> client >> half << SendToServer(half)
+    assert playbook
+    assert playbook.machine.receive_client_eof() == []

@@ -165,6 +165,7 @@ class HandshakeMachine:
         self._relay_skipper = FrameSkipper(self._is_change_user_start)
         self._relay_tail = b""
         self._change_user_pending_client = b""
+        self._client_sent_quit = False
 
     # ---- public API ----------------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class HandshakeMachine:
         answering, then closes, and the client still gets every byte of the answer."""
         if (
             self.state is State.RELAY
+            and not self._client_sent_quit
             and not self._relay_tail
             and self._relay_skipper.at_frame_boundary
         ):
@@ -508,6 +510,8 @@ class HandshakeMachine:
     # ---- command phase -------------------------------------------------------------------------
 
     def _is_change_user_start(self, length: int, sequence_id: int, first_byte: int) -> bool:
+        """The skipper asks this at every client packet start in the relay."""
+        self._client_sent_quit = sequence_id == 0 and first_byte == Command.QUIT and length == 1
         return sequence_id == 0 and first_byte == Command.CHANGE_USER and length < self._max_packet
 
     def _relay_client_data(self, data: bytes) -> list[Effect]:
