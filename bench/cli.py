@@ -1,0 +1,112 @@
+"""`python -m bench run --quick|--full [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import model
+from bench.env import BenchEnv
+from bench.sysbench import prepare_tables
+from bench.workloads import interleaved
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_kib = 0
+    try:
+        memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": round(memory_kib / 1048576, 1),
+            "kernel": platform.release(), "platform": platform.platform()}
+
+
+def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop") -> dict[str, Any]:
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def progress(message: str) -> None:
+        print(f"[{time.time() - started:6.1f}s] {message}", flush=True)
+
+    progress(f"bench {size.name}: starting MariaDB with TLS, tlsproxy and socat")
+    results: dict[str, Any] = {"size": size.name, "run_size": size.__dict__, "started": started,
+                               "machine": machine_info(), "event_loop": event_loop,
+                               "scenarios": [s.__dict__ for s in model.SCENARIOS]}
+    with BenchEnv.create(event_loop=event_loop) as env:
+        assert env.server is not None
+        results["versions"] = env.versions()
+        prepare_tables(env.endpoint(model.SCENARIO_BY_NAME["plaintext"]), table_size=size.table_size,
+                       workdir=env.workdir)
+        samples = interleaved(env, size, progress=progress)
+        results["samples"] = [sample.to_json() for sample in samples]
+        extra = _optional_workloads(env, size, progress)
+        results.update(extra)
+    results["finished"] = time.time()
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    from bench.report import write_report
+
+    write_report(results, out)
+    progress(f"done: {out / 'report.md'}")
+    return results
+
+
+def _optional_workloads(env: BenchEnv, size: model.RunSize, progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Handshake cost, memory and the TLS matrix live in their own modules."""
+    results: dict[str, Any] = {}
+    try:
+        from bench import handshake
+    except ImportError:
+        handshake = None  # type: ignore[assignment]
+    if handshake is not None:
+        results["handshake"] = handshake.run(env, size, progress)
+    try:
+        from bench import memory
+    except ImportError:
+        memory = None  # type: ignore[assignment]
+    if memory is not None:
+        results["memory"] = memory.run(env, size, progress)
+    if size.tls_matrix:
+        from bench import tls_matrix
+
+        results["tls_matrix"] = tls_matrix.run(env, size, progress)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run the benchmark")
+    group = run_parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_const", const="quick", dest="size", help="under 3 minutes (default)")
+    group.add_argument("--full", action="store_const", const="full", dest="size", help="every workload and the TLS matrix")
+    group.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="seconds; for tests")
+    run_parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date-time>/)")
+    run_parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    size = model.SIZES[args.size or "quick"]
+    out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    run(size, out, event_loop=args.event_loop)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

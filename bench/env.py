@@ -1,0 +1,268 @@
+"""The benchmark's own world: a CA, a MariaDB with TLS, tlsproxy (the real CLI, one process with a
+route per scenario), a socat relay, and the files sysbench needs. Everything on loopback, stopped at
+the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.model import Scenario
+from tlsproxy import certs
+from tlsproxy.localdb import MariaDBServer, start_mariadb
+
+log = logging.getLogger(__name__)
+
+BENCH_USER = "bench"
+BENCH_PASSWORD = "bench-password"
+BENCH_DATABASE = "sbtest"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@dataclass
+class Endpoint:
+    host: str | None = None
+    port: int | None = None
+    socket: Path | None = None
+
+    def mysql_args(self) -> dict[str, str | int]:
+        if self.socket is not None:
+            return {"unix_socket": str(self.socket)}
+        return {"host": self.host or "127.0.0.1", "port": self.port or 3306}
+
+
+@dataclass
+class BenchEnv:
+    workdir: Path
+    key_type: certs.KeyType = "rsa2048"
+    event_loop: str = "uvloop"
+    server: MariaDBServer | None = None
+    ca: certs.CertificateAuthority | None = None
+    proxy_process: subprocess.Popen[bytes] | None = None
+    socat_process: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    sockets: dict[str, Path] = field(default_factory=dict)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, *, key_type: certs.KeyType = "rsa2048", event_loop: str = "uvloop",
+               max_connections: int = 6000) -> "BenchEnv":
+        raise_open_file_limit()
+        env = cls(Path(tempfile.mkdtemp(prefix="tlsp-bench-")), key_type=key_type, event_loop=event_loop)
+        try:
+            env._start(max_connections)
+        except BaseException:
+            env.stop()
+            raise
+        return env
+
+    def _start(self, max_connections: int) -> None:
+        self.ca = certs.CertificateAuthority.create("tlsproxy bench CA")
+        self.ca.write(self.ca_path)
+        self.write_server_certificate(self.key_type)
+        # sysbench (1.0.20) --mysql-ssl=on reads these fixed names from its working directory
+        self.ca.write(self.workdir / "cacert.pem")
+        self.ca.issue_client("sysbench").write(self.workdir / "client-cert.pem", self.workdir / "client-key.pem")
+        self.server = start_mariadb(
+            self.workdir / "mariadb", ssl_ca=self.ca_path, ssl_cert=self.server_cert_path,
+            ssl_key=self.server_key_path,
+            extra_options={"max_connections": str(max_connections), "innodb_buffer_pool_size": "256M",
+                           "thread_cache_size": "64", "max_connect_errors": "1000000000",
+                           "open_files_limit": "65535"},
+        )
+        self.server.sql(f"CREATE DATABASE {BENCH_DATABASE}")
+        self.server.sql(f"CREATE USER '{BENCH_USER}'@'%' IDENTIFIED BY '{BENCH_PASSWORD}'")
+        self.server.sql(f"GRANT ALL ON *.* TO '{BENCH_USER}'@'%'")
+        self.start_proxy()
+        self.start_socat()
+
+    @property
+    def ca_path(self) -> Path:
+        return self.workdir / "ca.pem"
+
+    @property
+    def server_cert_path(self) -> Path:
+        return self.workdir / "server-cert.pem"
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.workdir / "server-key.pem"
+
+    def write_server_certificate(self, key_type: certs.KeyType) -> None:
+        assert self.ca is not None
+        self.ca.issue_server(("localhost",), ("127.0.0.1",), key_type=key_type).write(
+            self.server_cert_path, self.server_key_path)
+        self.key_type = key_type
+
+    def use_server_key(self, key_type: certs.KeyType) -> None:
+        """Restart MariaDB with a server certificate of another key type (the TLS matrix)."""
+        assert self.server is not None
+        if key_type == self.key_type:
+            return
+        self.write_server_certificate(key_type)
+        self.server.restart(ssl_cert=self.server_cert_path, ssl_key=self.server_key_path)
+
+    def start_proxy(self, extra_route_settings: str = "") -> None:
+        """One tlsproxy process (the real CLI), one route per proxied scenario."""
+        assert self.server is not None
+        self.stop_proxy()
+        for name in ("proxy_tls_tcp", "proxy_disabled_tcp"):
+            self.ports[name] = free_port()
+        self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
+        self.sockets["proxy_disabled_unix"] = self.workdir / "relay.sock"
+        upstream = f"localhost:{self.server.port}"
+        routes = {
+            "proxy_tls_tcp": (f"127.0.0.1:{self.ports['proxy_tls_tcp']}", "VERIFY_IDENTITY"),
+            "proxy_tls_unix": (str(self.sockets["proxy_tls_unix"]), "VERIFY_IDENTITY"),
+            "proxy_disabled_tcp": (f"127.0.0.1:{self.ports['proxy_disabled_tcp']}", "DISABLED"),
+            "proxy_disabled_unix": (str(self.sockets["proxy_disabled_unix"]), "DISABLED"),
+        }
+        lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", "routes:"]
+        for name, (listen, mode) in routes.items():
+            lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
+                      f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}", "    max_connections: 20000",
+                      "    handshake_timeout: 60"]
+            lines += [f"    {line}" for line in extra_route_settings.splitlines() if line.strip()]
+        config = self.workdir / "tlsproxy.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        log_file = open(self.workdir / "tlsproxy.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proxy_process = subprocess.Popen([sys.executable, "-m", "tlsproxy", "--config", str(config)],
+                                              stdout=log_file, stderr=log_file, start_new_session=True)
+        log_file.close()
+        self._wait_listening([("127.0.0.1", self.ports["proxy_tls_tcp"]), ("127.0.0.1", self.ports["proxy_disabled_tcp"])],
+                             [self.sockets["proxy_tls_unix"], self.sockets["proxy_disabled_unix"]],
+                             self.proxy_process, "tlsproxy")
+
+    def start_socat(self) -> None:
+        assert self.server is not None
+        socat = shutil.which("socat")
+        if socat is None:
+            raise RuntimeError("socat not found: apt-get install socat (scripts/setup.sh installs it)")
+        self.ports["socat_client_tls"] = free_port()
+        self.socat_process = subprocess.Popen(
+            [socat, f"TCP-LISTEN:{self.ports['socat_client_tls']},bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=1024",
+             f"TCP:127.0.0.1:{self.server.port},nodelay"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self._wait_listening([("127.0.0.1", self.ports["socat_client_tls"])], [], self.socat_process, "socat")
+
+    def _wait_listening(self, tcp: list[tuple[str, int]], unix: list[Path], process: subprocess.Popen[bytes],
+                        what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending_tcp, pending_unix = list(tcp), list(unix)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}; see {self.workdir}")
+            pending_unix = [path for path in pending_unix if not path.exists()]
+            still = []
+            for address in pending_tcp:
+                try:
+                    socket.create_connection(address, timeout=0.5).close()
+                except OSError:
+                    still.append(address)
+            pending_tcp = still
+            if not pending_tcp and not pending_unix:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{what} did not start listening within {timeout:g}s")
+
+    def stop_proxy(self) -> None:
+        _stop(self.proxy_process)
+        self.proxy_process = None
+
+    def stop(self) -> None:
+        self.stop_proxy()
+        _stop(self.socat_process)
+        self.socat_process = None
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "BenchEnv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- what scenarios need -----------------------------------------------------------------
+
+    def endpoint(self, scenario: Scenario) -> Endpoint:
+        assert self.server is not None
+        if scenario.via == "direct":
+            return Endpoint("127.0.0.1", self.server.port)
+        if scenario.local_leg == "unix":
+            return Endpoint(socket=self.sockets[scenario.name])
+        return Endpoint("127.0.0.1", self.ports[scenario.name])
+
+    def pids(self, scenario: Scenario) -> dict[str, int]:
+        """Server-side processes by role (the client's own CPU is measured by the load generator)."""
+        assert self.server is not None and self.server.pid is not None
+        pids = {"server": self.server.pid}
+        if "proxy" in scenario.roles and self.proxy_process is not None:
+            pids["proxy"] = self.proxy_process.pid
+        if "relay" in scenario.roles and self.socat_process is not None:
+            pids["relay"] = self.socat_process.pid
+        return pids
+
+    def versions(self) -> dict[str, str]:
+        def first_line(argv: list[str]) -> str:
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                return (out.stdout or out.stderr).strip().splitlines()[0]
+            except (OSError, IndexError, subprocess.TimeoutExpired):
+                return "unavailable"
+
+        assert self.server is not None
+        import ssl
+
+        import uvloop
+
+        import tlsproxy
+
+        return {
+            "tlsproxy": tlsproxy.__version__,
+            "python": sys.version.split()[0],
+            "uvloop": uvloop.__version__,
+            "openssl": ssl.OPENSSL_VERSION,
+            "mariadb": self.server.sql("SELECT VERSION()")[0][0],
+            "sysbench": first_line(["sysbench", "--version"]),
+            "socat": first_line(["socat", "-V"]) if shutil.which("socat") else "unavailable",
+        }
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)

@@ -1,0 +1,100 @@
+"""The sysbench workloads, run through every scenario, repetitions interleaved (A B C ... A B C ...)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable
+
+from bench.env import BenchEnv
+from bench.model import SCENARIOS, RunSize, Sample, Scenario
+from bench.procs import CpuMeter
+from bench.sysbench import SysbenchResult, run_sysbench
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+BULK_EVENT_MIB = 16  # one result set per event
+
+
+def _measure(env: BenchEnv, scenario: Scenario, run: Callable[[], SysbenchResult]) -> tuple[SysbenchResult, dict[str, float]]:
+    meter = CpuMeter(env.pids(scenario))
+    meter.start()
+    result = run()
+    cpu = meter.stop()
+    cpu["client"] = result.client_cpu_s
+    return result, cpu
+
+
+def point_select(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+        "oltp_point_select", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
+        seconds=size.seconds, workdir=env.workdir, options={"tables": 1, "table-size": size.table_size}))
+    return Sample(
+        workload="point_select", variant=f"threads={threads}", scenario=scenario.name, repetition=repetition,
+        duration_s=result.seconds,
+        metrics={"qps": result.queries / result.seconds, "p50_ms": result.percentile(0.50),
+                 "p95_ms": result.percentile(0.95), "p99_ms": result.percentile(0.99)},
+        cpu_s=cpu, units={"queries": result.queries},
+    )
+
+
+def connect_per_request(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+        "connect_select1", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
+        seconds=size.seconds, workdir=env.workdir))
+    return Sample(
+        workload="connect", variant=f"threads={threads}", scenario=scenario.name, repetition=repetition,
+        duration_s=result.seconds,
+        metrics={"conn_per_s": result.events / result.seconds, "p50_ms": result.percentile(0.50),
+                 "p99_ms": result.percentile(0.99)},
+        cpu_s=cpu, units={"connections": result.events, "queries": result.events},
+    )
+
+
+def bulk(env: BenchEnv, scenario: Scenario, row_bytes: int, size: RunSize, repetition: int) -> Sample:
+    event_mib = min(BULK_EVENT_MIB, size.bulk_mib)
+    rows = max(1, event_mib * MIB // row_bytes)
+    events = max(1, size.bulk_mib // event_mib)
+    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+        "bulk", env.endpoint(scenario), client_tls=scenario.client_tls, threads=1, seconds=0, events=events,
+        workdir=env.workdir, options={"rowbytes": row_bytes, "rows": rows}))
+    mib = result.events * rows * row_bytes / MIB
+    return Sample(
+        workload="bulk", variant=f"row={_size_label(row_bytes)}", scenario=scenario.name, repetition=repetition,
+        duration_s=result.seconds,
+        metrics={"mb_per_s": mib * MIB / 1e6 / result.seconds, "p50_ms_per_result": result.percentile(0.5)},
+        cpu_s=cpu, units={"mib": mib, "queries": result.events},
+    )
+
+
+def _size_label(size: int) -> str:
+    return f"{size // MIB}MiB" if size >= MIB else f"{size // 1024}KiB"
+
+
+def interleaved(env: BenchEnv, size: RunSize, scenarios: Iterable[Scenario] = SCENARIOS,
+                progress: Callable[[str], None] = print) -> list[Sample]:
+    """Every workload variant through every scenario, repetitions interleaved so drift hits all alike."""
+    scenarios = list(scenarios)
+    variants: list[tuple[str, Callable[[Scenario, int], Sample]]] = []
+    for threads in size.point_threads:
+        variants.append((f"point_select threads={threads}",
+                         lambda s, r, t=threads: point_select(env, s, t, size, r)))
+    for threads in size.connect_threads:
+        variants.append((f"connect threads={threads}",
+                         lambda s, r, t=threads: connect_per_request(env, s, t, size, r)))
+    for row_bytes in size.bulk_row_sizes:
+        variants.append((f"bulk row={_size_label(row_bytes)}",
+                         lambda s, r, b=row_bytes: bulk(env, s, b, size, r)))
+    samples: list[Sample] = []
+    total = len(variants) * size.repetitions * len(scenarios)
+    done = 0
+    for name, measure in variants:
+        for repetition in range(size.repetitions):
+            for scenario in scenarios:
+                sample = measure(scenario, repetition)
+                samples.append(sample)
+                done += 1
+                headline = next(iter(sample.metrics.items()))
+                progress(f"[{done}/{total}] {name} rep {repetition + 1} {scenario.name}: "
+                         f"{headline[0]}={headline[1]:.1f}")
+    return samples
