@@ -236,3 +236,20 @@ def test_garbage_closes_only_that_connection(mariadb: MariaDBServer, pki: TestPk
         pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user, password=NATIVE.password,
                         ssl_disabled=True).close()
     assert any("out of order" in record.getMessage() for record in caplog.records)
+
+
+def test_upstream_connect_timeout(pki: TestPki, event_loop_name: str) -> None:
+    """An upstream whose accept queue is full never answers the SYN: the connect timeout fires."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        filler = socket.create_connection(("127.0.0.1", port), timeout=2)  # fills the queue; never accepted
+        try:
+            route = make_route(port, upstream_host="127.0.0.1", ca_file=pki.ca)
+            route = type(route)(**{**route.__dict__, "connect_timeout": 0.5})
+            with ProxyThread(route, event_loop=event_loop_name) as proxy:
+                assert_refused(proxy.port, f"cannot connect to upstream 127.0.0.1:{port}: no answer within 0.5s",
+                               within=3.0)
+        finally:
+            filler.close()
