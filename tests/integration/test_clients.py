@@ -69,7 +69,7 @@ def test_mariadb_cli_ed25519(proxy: ProxyThread) -> None:
 
 
 def test_pymysql_ed25519(proxy: ProxyThread) -> None:
-    pytest.importorskip("nacl", reason="PyMySQL needs PyNaCl for ed25519; the test extra installs it")
+    import nacl  # noqa: F401  - PyMySQL needs PyNaCl for ed25519; the test extra installs it
     connection = pymysql.connect(ssl_disabled=True, host="127.0.0.1", port=proxy.port, user=ED25519.user, password=ED25519.password)
     with connection, connection.cursor() as cursor:
         assert session_status(cursor, "Ssl_cipher")
@@ -90,7 +90,7 @@ def test_mysql_connector_pure(proxy: ProxyThread) -> None:
 def test_mysql_connector_c_extension(proxy: ProxyThread) -> None:
     import mysql.connector
 
-    pytest.importorskip("_mysql_connector", reason="the C extension must import (pinned version in pyproject)")
+    import _mysql_connector  # noqa: F401  - the C extension must import (version pinned in pyproject)
     connection = mysql.connector.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user,
                                          password=NATIVE.password, ssl_disabled=True, use_pure=False)
     try:

@@ -22,15 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tests.support.mysql8_peer import MySQL8Peer, PeerAccount, PeerThread
 from tests.support.pki import TestPki
 
-pymysql = pytest.importorskip("pymysql")
-mysql_connector = pytest.importorskip("mysql.connector")
+import mysql.connector as mysql_connector
+import pymysql
+from mysql.connector import connection_cext as _cext  # noqa: F401  - the pinned version's C extension loads
 
-try:  # the C extension is optional (and broken in some wheels, see the report)
-    from mysql.connector import connection_cext as _cext  # noqa: F401
-
-    HAVE_CEXT = bool(getattr(mysql_connector, "HAVE_CEXT", False))
-except ImportError:
-    HAVE_CEXT = False
+HAVE_CEXT = bool(getattr(mysql_connector, "HAVE_CEXT", False))
+assert HAVE_CEXT, "mysql-connector-python's C extension must load (see the pin in pyproject.toml)"
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
