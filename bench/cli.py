@@ -60,12 +60,23 @@ def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop") -> dict[s
         extra = _optional_workloads(env, size, progress)
         results.update(extra)
     results["finished"] = time.time()
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1, default=str))
     from bench.report import write_report
 
     write_report(results, out)
     progress(f"done: {out / 'report.md'}")
     return results
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a metric with no data) as null: strict JSON tools reject bare NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _optional_workloads(env: BenchEnv, size: model.RunSize, progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -100,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="seconds; for tests")
     run_parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date-time>/)")
     run_parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    report_parser = commands.add_parser("report", help="render report.md and the plots again from DIR/results.json")
+    report_parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        from bench.report import write_report
+
+        write_report(json.loads((args.directory / "results.json").read_text()), args.directory)
+        print(f"wrote {args.directory / 'report.md'}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")

@@ -76,7 +76,7 @@ class RunSize:
     tls_matrix: bool
 
 
-QUICK = RunSize("quick", repetitions=2, seconds=1.0, point_threads=(1, 4), connect_threads=(1,),
+QUICK = RunSize("quick", repetitions=2, seconds=2.0, point_threads=(1, 4), connect_threads=(1,),
                 bulk_mib=32, bulk_row_sizes=(1048576,), table_size=10000, handshakes=100,
                 idle_connections=(0, 200), tls_matrix=False)
 FULL = RunSize("full", repetitions=5, seconds=10.0, point_threads=(1, 4, 16), connect_threads=(1, 4),

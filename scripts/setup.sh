@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what tlsproxy, its demo and its tests need on a Debian machine, then create .venv.
+# Install what tlsproxy, its demo, its tests and its benchmark need on a Debian machine, then create .venv.
 # Idempotent: skips what is already there. Run as root (or with sudo available) for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)  # the benchmark's load generator (bench/)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)  # the benchmark's plain TCP relay scenario
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""

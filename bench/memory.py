@@ -1,0 +1,257 @@
+"""Proxy memory per idle connection: the tlsproxy process's RSS with 0, N1, N2, ... idle, proxied,
+*authenticated* connections through its TLS TCP route (scenario proxy_tls_tcp), then after closing
+them all.
+
+The proxy is restarted first (same configuration) so the numbers do not depend on what ran before.
+The clients are one asyncio program in this process: plain streams, the mysql_native_password login
+written out here (scramble = SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw)))), at most CONCURRENCY logins
+in flight, each one checked to end in OK. Connections are added cumulatively (0 -> N1 -> N2); every
+point is read after the proxy's fd count has settled. A few connections are opened and closed before
+the 0 point so that one-time allocations of the first connection (lazy imports, the TLS context's
+first use) are not charged to the slope. After closing all, the largest count is opened once more
+("reopened"): the RSS of a proxy that has served that many connections before, not a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.env import BENCH_PASSWORD, BENCH_USER, BenchEnv
+from bench.model import SCENARIO_BY_NAME, RunSize
+from bench.procs import rss_kib
+from tlsproxy.mysql.codec import encode_frame, parse_header
+from tlsproxy.mysql.constants import Capability
+from tlsproxy.mysql.messages import (
+    parse_auth_switch,
+    parse_err,
+    parse_initial_handshake,
+)
+
+SCENARIO = "proxy_tls_tcp"
+CONCURRENCY = 100
+WARMUP_CONNECTIONS = 20
+LOGIN_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 30.0
+NATIVE_PASSWORD = "mysql_native_password"
+UTF8MB4_GENERAL_CI = 45
+CLIENT_CAPABILITIES = (
+    Capability.LONG_PASSWORD | Capability.LONG_FLAG | Capability.PROTOCOL_41 | Capability.TRANSACTIONS
+    | Capability.SECURE_CONNECTION | Capability.MULTI_RESULTS | Capability.PLUGIN_AUTH
+)
+COM_QUIT = b"\x01"
+
+
+class LoginError(RuntimeError):
+    pass
+
+
+def native_password_scramble(password: str, nonce: bytes) -> bytes:
+    """mysql_native_password: SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw)))."""
+    if not password:
+        return b""
+    stage1 = hashlib.sha1(password.encode()).digest()
+    stage2 = hashlib.sha1(stage1).digest()
+    mask = hashlib.sha1(nonce[:20] + stage2).digest()
+    return bytes(a ^ b for a, b in zip(stage1, mask))
+
+
+def handshake_response(user: str, password: str, nonce: bytes) -> bytes:
+    """HandshakeResponse41 payload: 4.1 protocol, no database, no TLS, native password."""
+    auth = native_password_scramble(password, nonce)
+    return (int(CLIENT_CAPABILITIES).to_bytes(4, "little") + (1 << 24).to_bytes(4, "little")
+            + bytes((UTF8MB4_GENERAL_CI,)) + bytes(23) + user.encode() + b"\x00"
+            + bytes((len(auth),)) + auth + NATIVE_PASSWORD.encode() + b"\x00")
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    length, sequence_id = parse_header(await reader.readexactly(4))
+    return sequence_id, await reader.readexactly(length)
+
+
+async def login(host: str, port: int, user: str = BENCH_USER,
+                password: str = BENCH_PASSWORD) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """One connection, logged in (OK received); raises LoginError otherwise."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        sequence_id, payload = await _read_packet(reader)
+        if payload[:1] == b"\xff":
+            raise LoginError(f"refused before login: {parse_err(payload).error_message}")
+        greeting = parse_initial_handshake(payload)
+        writer.write(encode_frame(sequence_id + 1, handshake_response(user, password, greeting.nonce)))
+        for _ in range(3):
+            sequence_id, payload = await _read_packet(reader)
+            if payload[:1] == b"\x00":
+                return reader, writer
+            if payload[:1] == b"\xff":
+                raise LoginError(f"login failed: {parse_err(payload).error_message}")
+            if payload[:1] == b"\xfe":  # AuthSwitchRequest
+                switch = parse_auth_switch(payload)
+                if switch.plugin_name != NATIVE_PASSWORD:
+                    raise LoginError(f"server asked for {switch.plugin_name}; only {NATIVE_PASSWORD} is spoken here")
+                writer.write(encode_frame(sequence_id + 1, native_password_scramble(password, switch.nonce)))
+                continue
+            raise LoginError(f"unexpected packet 0x{payload[0]:02x} during login")
+        raise LoginError("login did not finish")
+    except BaseException:
+        writer.close()
+        raise
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, PermissionError):
+        return -1
+
+
+async def _settle(pid: int, target_fds: int | None = None, timeout: float = SETTLE_TIMEOUT_S) -> int:
+    """Wait until the proxy's fd count stops changing (and reaches `target_fds` when given)."""
+    deadline = time.monotonic() + timeout
+    last, stable = fd_count(pid), 0
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = fd_count(pid)
+        stable = stable + 1 if now == last else 0
+        last = now
+        if stable >= 3 and (target_fds is None or now <= target_fds):
+            break
+    return last
+
+
+class _Clients:
+    def __init__(self, host: str, port: int, concurrency: int) -> None:
+        self.host, self.port = host, port
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.open: list[asyncio.StreamWriter] = []
+        self._readers: list[asyncio.StreamReader] = []
+
+    async def _one(self) -> None:
+        async with self.semaphore:
+            reader, writer = await asyncio.wait_for(login(self.host, self.port), LOGIN_TIMEOUT_S)
+        self.open.append(writer)
+        self._readers.append(reader)
+
+    async def grow_to(self, count: int) -> None:
+        missing = count - len(self.open)
+        if missing <= 0:
+            return
+        results = await asyncio.gather(*(self._one() for _ in range(missing)), return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise LoginError(f"{len(failures)} of {missing} logins through the proxy failed; first: {failures[0]!r}")
+
+    async def close_all(self) -> None:
+        for writer in self.open:
+            try:
+                writer.write(encode_frame(0, COM_QUIT))
+            except (ConnectionError, RuntimeError):
+                pass
+            writer.close()
+        for writer in self.open:
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        self.open.clear()
+        self._readers.clear()
+
+
+def _point(env: BenchEnv, proxy_pid: int, connections: int, open_seconds: float, fds: int) -> dict[str, Any]:
+    assert env.server is not None and env.server.pid is not None
+    return {"connections": connections, "proxy_rss_kib": rss_kib(proxy_pid), "proxy_fds": fds,
+            "server_rss_kib": rss_kib(env.server.pid), "open_seconds": open_seconds}
+
+
+async def _measure(env: BenchEnv, counts: list[int], progress: Callable[[str], None]) -> dict[str, Any]:
+    assert env.proxy_process is not None
+    pid = env.proxy_process.pid
+    endpoint = env.endpoint(SCENARIO_BY_NAME[SCENARIO])
+    assert endpoint.host is not None and endpoint.port is not None
+    clients = _Clients(endpoint.host, endpoint.port, CONCURRENCY)
+    # warm-up: one-time allocations of the first connections are not per-connection memory
+    await clients.grow_to(WARMUP_CONNECTIONS)
+    await clients.close_all()
+    base_fds = await _settle(pid)
+    points = []
+    try:
+        for count in counts:
+            started = time.monotonic()
+            await clients.grow_to(count)
+            open_seconds = time.monotonic() - started
+            fds = await _settle(pid)
+            point = _point(env, pid, count, open_seconds, fds)
+            points.append(point)
+            progress(f"memory: {count} idle proxied connections: proxy RSS {point['proxy_rss_kib']} KiB, "
+                     f"{fds} fds (opened in {open_seconds:.1f}s)")
+    finally:
+        started = time.monotonic()
+        await clients.close_all()
+    fds = await _settle(pid, target_fds=base_fds)
+    after = _point(env, pid, 0, 0.0, fds)
+    after["close_seconds"] = time.monotonic() - started
+    del after["open_seconds"]
+    progress(f"memory: after closing all: proxy RSS {after['proxy_rss_kib']} KiB, {fds} fds")
+    # The same number again in the same process: freed memory is not all reused (allocator retention),
+    # so a proxy that has already served that many connections sits higher than a fresh one.
+    largest = max(counts)
+    reopened = None
+    if largest > 0:
+        try:
+            started = time.monotonic()
+            await clients.grow_to(largest)
+            open_seconds = time.monotonic() - started
+            reopened = _point(env, pid, largest, open_seconds, await _settle(pid))
+            progress(f"memory: {largest} again after closing: proxy RSS {reopened['proxy_rss_kib']} KiB")
+        finally:
+            await clients.close_all()
+            await _settle(pid, target_fds=base_fds)
+    return {"base_fds": base_fds, "points": points, "after_close": after, "reopened": reopened}
+
+
+def _slopes(points: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    zero = next((point for point in points if point["connections"] == 0), None)
+    per_connection: dict[str, float] = {}
+    marginal: dict[str, float] = {}
+    previous = None
+    for point in points:
+        if zero is not None and point["connections"] > 0:
+            per_connection[str(point["connections"])] = (point[key] - zero[key]) / point["connections"]
+        if previous is not None and point["connections"] > previous["connections"]:
+            marginal[f"{previous['connections']}->{point['connections']}"] = (
+                (point[key] - previous[key]) / (point["connections"] - previous["connections"]))
+        previous = point
+    return {"vs_0": per_connection, "marginal": marginal}
+
+
+def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    counts = sorted(set(size.idle_connections) | {0})
+    progress(f"memory: proxy RSS at {', '.join(map(str, counts))} idle proxied connections (fresh proxy process)")
+    # A fresh proxy: what ran before (thousands of connections in the workloads) leaves allocator state
+    # that would make the 0 point and the slope depend on the run's history.
+    env.start_proxy()
+    measured = asyncio.run(_measure(env, counts, progress))
+    points = measured["points"]
+    result = {
+        "what": "tlsproxy process RSS (VmRSS) with idle, authenticated connections through its TLS TCP route",
+        "scenario": SCENARIO, "user": BENCH_USER, "auth_plugin": NATIVE_PASSWORD, "concurrency": CONCURRENCY,
+        "warmup_connections": WARMUP_CONNECTIONS, "event_loop": env.event_loop, "fresh_proxy": True,
+        "base_fds": measured["base_fds"], "points": points,
+        "kib_per_connection": _slopes(points, "proxy_rss_kib"),
+        "server_kib_per_connection": _slopes(points, "server_rss_kib"),
+        "after_close": measured["after_close"],
+        "reopened": measured["reopened"],
+        "seconds": time.monotonic() - started,
+    }
+    largest = max(counts)
+    result["kib_per_connection_at_largest"] = result["kib_per_connection"]["vs_0"].get(str(largest), float("nan"))
+    for count, slope in result["kib_per_connection"]["vs_0"].items():
+        progress(f"memory: {slope:.1f} KiB per idle proxied connection at {count}")
+    return result
+
+
