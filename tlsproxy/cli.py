@@ -47,6 +47,8 @@ TOP_FLAGS = {
     "log_format": "log_format",
     "event_loop": "event_loop",
     "allow_non_loopback": "allow_non_loopback",
+    "admin_listen": "admin_listen",
+    "shutdown_grace": "shutdown_grace",
 }
 
 
@@ -76,6 +78,9 @@ def _proxy_options() -> argparse.ArgumentParser:
     group.add_argument("--auth-rsa-key", help="RSA private key (PEM) for caching_sha2/sha256 full auth; "
                                               "generated at start when not given")
     group.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop")
+    group.add_argument("--admin-listen", help="HOST:PORT for /metrics and the health endpoints "
+                                              "(default 127.0.0.1:9090; 'off' to disable)")
+    group.add_argument("--shutdown-grace", help="seconds open connections may finish after SIGTERM (default 10)")
     group.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     group.add_argument("--log-format", choices=["text", "json"])
     group.add_argument("--allow-non-loopback", action="store_const", const=True, default=None,
@@ -160,18 +165,40 @@ def run_event_loop(main: Any, event_loop: str) -> Any:
 
 
 async def serve(config: ProxyConfig) -> int:
+    """Run until SIGTERM/SIGINT or POST /quitquitquit: then stop accepting, give open connections
+    `shutdown_grace` to finish, close the rest and exit 0. A second signal closes everything at once."""
+    from tlsproxy.admin import AdminServer
     from tlsproxy.server import Proxy
 
     proxy = Proxy(config, load_auth_key(config))
-    await proxy.start()
     stop = asyncio.Event()
+    admin = None
+    if config.admin_listen is not None:
+        admin = AdminServer(proxy, config.admin_listen, on_quit=stop.set)
+        await admin.start()
+    await proxy.start()
+    if admin is not None:
+        admin.started = True
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("tlsproxy %s ready (%s event loop)", __version__, config.event_loop)
     await stop.wait()
-    log.info("shutting down")
-    await proxy.stop(grace_seconds=0)
+    stop.clear()
+    open_count = proxy.active_connections
+    log.info("shutting down: %d connection(s) open, waiting up to %gs", open_count, config.shutdown_grace)
+    drain = asyncio.ensure_future(proxy.stop(grace_seconds=config.shutdown_grace))
+    second_signal = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([drain, second_signal], return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        log.info("second signal: closing every connection now")
+        for listener in proxy.listeners:
+            for session in list(listener.sessions):
+                session.abort("proxy shutting down (second signal)")
+        await drain
+    second_signal.cancel()
+    if admin is not None:
+        await admin.close()
     return 0
 
 

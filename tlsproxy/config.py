@@ -110,6 +110,10 @@ class ProxyConfig:
     log_format: str = "text"
     event_loop: str = "uvloop"
     allow_non_loopback: bool = False
+    admin_listen: TcpAddress | None = field(default_factory=lambda: TcpAddress("127.0.0.1", 9090))
+    """Metrics and health endpoints; None turns the admin listener off."""
+    shutdown_grace: float = 10.0
+    """On SIGTERM/SIGINT, how long open connections may finish before they are closed."""
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -119,9 +123,11 @@ _ROUTE_KEYS = {
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
     "allow_legacy_tls", "connect_timeout", "handshake_timeout", "idle_timeout", "max_connections",
 }
-_TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback"}
+_TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
+             "shutdown_grace"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_LISTEN = "127.0.0.1:3306"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 
 
 def parse_tcp_address(value: Any, key: str, *, default_port: int | None = None) -> TcpAddress:
@@ -304,8 +310,14 @@ def parse_config(raw: Any, *, base: Path | None = None) -> ProxyConfig:
     event_loop = str(raw.get("event_loop", "uvloop")).lower()
     if event_loop not in ("uvloop", "asyncio"):
         raise ConfigError("event_loop", "allowed: uvloop, asyncio")
+    admin_raw = raw.get("admin_listen", DEFAULT_ADMIN_LISTEN)
+    admin_listen = None if admin_raw in (None, False, "off", "") else parse_tcp_address(admin_raw, "admin_listen")
+    grace = raw.get("shutdown_grace", 10)
+    shutdown_grace = 0.0 if grace in (0, "0", "0s") else _duration(grace, "shutdown_grace")
     return ProxyConfig(
         routes=routes,
+        admin_listen=admin_listen,
+        shutdown_grace=shutdown_grace,  # type: ignore[arg-type]
         auth_rsa_key=_path(raw.get("auth_rsa_key"), "auth_rsa_key", base),
         log_level=log_level,
         log_format=log_format,

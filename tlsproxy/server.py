@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tlsproxy.config import ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
+from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
 from tlsproxy.session import ClientSide, RouteRuntime, Session
 from tlsproxy.tls import build_upstream_tls
@@ -25,6 +26,7 @@ class RouteListener:
         self.runtime = runtime
         self.route = runtime.route
         self.sessions: set[Session] = set()
+        self.closed_bytes = {"client_to_server": 0, "server_to_client": 0}  # of sessions already gone
         self._server: asyncio.AbstractServer | None = None
         self._draining = False
         self.address: str = str(self.route.listen)
@@ -59,10 +61,22 @@ class RouteListener:
                     f"too many connections (max_connections {self.route.max_connections} on route {self.route.name})"))  # type: ignore[arg-type]
         else:
             self.sessions.add(session)
+            if self.runtime.metrics is not None:
+                self.runtime.metrics.connections_accepted.labels(self.route.name).inc()
         return protocol
 
     def _session_closed(self, session: Session) -> None:
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.closed_bytes["client_to_server"] += session.stats.bytes_client_to_server
+            self.closed_bytes["server_to_client"] += session.stats.bytes_server_to_client
+
+    def relayed_bytes(self) -> dict[str, int]:
+        totals = dict(self.closed_bytes)
+        for session in list(self.sessions):
+            totals["client_to_server"] += session.stats.bytes_client_to_server
+            totals["server_to_client"] += session.stats.bytes_server_to_client
+        return totals
 
     def stop_accepting(self) -> None:
         self._draining = True
@@ -84,17 +98,29 @@ def _remove_stale_socket(path: Path) -> None:
         pass
 
 
-def build_runtime(route: Route, auth_key: AuthKey | None, index: int) -> RouteRuntime:
+def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
+                  metrics: ProxyMetrics | None = None) -> RouteRuntime:
     upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
-    return RouteRuntime(route, upstream_tls, auth_key)
+    return RouteRuntime(route, upstream_tls, auth_key, metrics)
 
 
 class Proxy:
     """All routes of one process."""
 
-    def __init__(self, config: ProxyConfig, auth_key: AuthKey | None) -> None:
+    def __init__(self, config: ProxyConfig, auth_key: AuthKey | None, metrics: ProxyMetrics | None = None) -> None:
         self.config = config
-        self.listeners = [RouteListener(build_runtime(route, auth_key, i)) for i, route in enumerate(config.routes)]
+        self.metrics = metrics or ProxyMetrics()
+        self.listeners = [RouteListener(build_runtime(route, auth_key, i, self.metrics))
+                          for i, route in enumerate(config.routes)]
+        for listener in self.listeners:
+            self.metrics.connections_active.labels(listener.route.name).set_function(
+                lambda listener=listener: len(listener.sessions))
+        self.metrics.add_relayed_bytes_source(self._relayed_bytes)
+        self._draining = False
+
+    def _relayed_bytes(self) -> list[tuple[str, str, int]]:
+        return [(listener.route.name, direction, value)
+                for listener in self.listeners for direction, value in listener.relayed_bytes().items()]
 
     async def start(self) -> None:
         for listener in self.listeners:
@@ -115,11 +141,16 @@ class Proxy:
                             ",".join(route.tls.tls_versions))
 
     @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
     def active_connections(self) -> int:
         return sum(len(listener.sessions) for listener in self.listeners)
 
     async def stop(self, grace_seconds: float = 0.0) -> None:
         """Stop accepting, let open connections finish for up to `grace_seconds`, then close the rest."""
+        self._draining = True
         for listener in self.listeners:
             listener.stop_accepting()
         deadline = asyncio.get_running_loop().time() + grace_seconds

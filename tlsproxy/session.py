@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from tlsproxy.config import Route, SslMode
+from tlsproxy.metrics import ProxyMetrics, auth_plugin_label
 from tlsproxy.errors import (
     HandshakeTimeoutError,
     TlsProxyError,
@@ -52,6 +54,8 @@ class ConnectionStats:
     tls_version: str | None = None
     tls_cipher: str | None = None
     tls_resumed: bool | None = None
+    tls_handshake_cpu_seconds: float | None = None
+    certificate_not_after: float | None = None
     bytes_client_to_server: int = 0
     bytes_server_to_client: int = 0
     auth_plugin: str = ""
@@ -67,6 +71,7 @@ class RouteRuntime:
     route: Route
     upstream_tls: UpstreamTls | None
     auth_key: AuthKey | None
+    metrics: ProxyMetrics | None = None
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -109,6 +114,7 @@ class Session:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._phase_start = self.stats.accepted_at
+        self._refused = False
         self.client_address = "-"
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -121,6 +127,7 @@ class Session:
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
+        self._refused = True
         self.client = transport
         self.client_address = _format_peer(transport)
         self.fail(error)
@@ -220,6 +227,10 @@ class Session:
             cipher = ssl_object.cipher()
             self.stats.tls_cipher = cipher[0] if cipher else None
             self.stats.tls_resumed = ssl_object.session_reused
+            self.stats.tls_handshake_cpu_seconds = getattr(ssl_object, "handshake_cpu_seconds", None)
+            peer = ssl_object.getpeercert()  # empty unless verified (REQUIRED mode)
+            if peer and "notAfter" in peer:
+                self.stats.certificate_not_after = ssl.cert_time_to_seconds(peer["notAfter"])
         self._run_machine(self.machine.tls_established)
 
     def _start_relay(self) -> None:
@@ -228,6 +239,8 @@ class Session:
         self.stats.auth_plugin = self.machine.auth_plugin
         self.stats.outcome = "relayed"
         self._relay_started.set()
+        if self.runtime.metrics is not None:
+            self._record_handshake(self.runtime.metrics)
         if self.route.idle_timeout:
             self._idle_timer = self._loop.call_later(self.route.idle_timeout, self._check_idle)
 
@@ -369,6 +382,8 @@ class Session:
         if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
             self._task.cancel()
         self._log_end()
+        if self.runtime.metrics is not None:
+            self._record_end(self.runtime.metrics)
         self._on_closed(self)
 
     def abort(self, reason: str) -> None:
@@ -377,6 +392,31 @@ class Session:
             if transport is not None:
                 transport.abort()
         self.close(reason, outcome="aborted")
+
+    def _record_handshake(self, metrics: ProxyMetrics) -> None:
+        stats, route = self.stats, self.route.name
+        phases = {"connect": stats.connect_seconds, "greeting": stats.greeting_seconds, "tls": stats.tls_seconds,
+                  "auth": stats.auth_seconds, "total": time.monotonic() - stats.accepted_at}
+        for phase, seconds in phases.items():
+            if seconds is not None:
+                metrics.handshake_duration.labels(route, phase).observe(seconds)
+        if stats.tls_version is not None:
+            resumed = "yes" if stats.tls_resumed else "no"
+            metrics.tls_handshakes.labels(route, stats.tls_version, stats.tls_cipher or "", resumed).inc()
+            if stats.tls_handshake_cpu_seconds is not None:
+                metrics.tls_handshake_cpu.labels(route, resumed).observe(stats.tls_handshake_cpu_seconds)
+        if stats.certificate_not_after is not None:
+            metrics.certificate_not_after.labels(route).set(stats.certificate_not_after)
+        metrics.auth_plugins.labels(route, auth_plugin_label(stats.auth_plugin)).inc()
+
+    def _record_end(self, metrics: ProxyMetrics) -> None:
+        route = self.route.name
+        if self._refused:
+            metrics.connections_refused.labels(route, self.stats.outcome).inc()
+            return
+        metrics.connections_closed.labels(route, self.stats.outcome).inc()
+        if not self._relaying:
+            metrics.handshake_failures.labels(route, self.stats.outcome).inc()
 
     def _log_end(self) -> None:
         stats = self.stats

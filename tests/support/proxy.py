@@ -117,16 +117,19 @@ class ProxyThread:
 
 
 _LISTENING = re.compile(r"route (\S+): listening on ([^\s,]+)")
+_ADMIN = re.compile(r"admin: metrics and health on http://([^/]+)/")
 
 
 class CliProxy:
     """The real `python -m tlsproxy` process; the port is read from its start-up log line."""
 
     def __init__(self, args: list[str], *, cwd: Path | None = None) -> None:
-        self.args = args
+        # a free admin port unless the test chose one (the default 9090 may be taken)
+        self.args = args if "--admin-listen" in args else [*args, "--admin-listen", "127.0.0.1:0"]
         self.cwd = cwd
         self.process: subprocess.Popen[str] | None = None
         self.addresses: dict[str, str] = {}
+        self.admin_address: str | None = None
         self.output: list[str] = []
 
     def start(self, timeout: float = 20.0) -> "CliProxy":
@@ -145,6 +148,9 @@ class CliProxy:
             match = _LISTENING.search(line)
             if match:
                 self.addresses[match.group(1)] = match.group(2)
+            admin = _ADMIN.search(line)
+            if admin:
+                self.admin_address = admin.group(1)
             if "ready" in line and "tlsproxy" in line:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return self
