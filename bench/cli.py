@@ -80,23 +80,12 @@ def _json_safe(value: Any) -> Any:
 
 
 def _optional_workloads(env: BenchEnv, size: model.RunSize, progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Handshake cost, memory and the TLS matrix live in their own modules."""
-    results: dict[str, Any] = {}
-    try:
-        from bench import handshake
-    except ImportError:
-        handshake = None  # type: ignore[assignment]
-    if handshake is not None:
-        results["handshake"] = handshake.run(env, size, progress)
-    try:
-        from bench import memory
-    except ImportError:
-        memory = None  # type: ignore[assignment]
-    if memory is not None:
-        results["memory"] = memory.run(env, size, progress)
-    if size.tls_matrix:
-        from bench import tls_matrix
+    from bench import handshake, memory, proxy_metrics, tls_matrix
 
+    results: dict[str, Any] = {"handshake": handshake.run(env, size, progress)}
+    results["proxy_metrics"] = proxy_metrics.run(env, size, progress, results["handshake"])
+    results["memory"] = memory.run(env, size, progress)
+    if size.tls_matrix:
         results["tls_matrix"] = tls_matrix.run(env, size, progress)
     return results
 

@@ -141,7 +141,9 @@ class BenchEnv:
             "proxy_disabled_tcp": (f"127.0.0.1:{self.ports['proxy_disabled_tcp']}", "DISABLED"),
             "proxy_disabled_unix": (str(self.sockets["proxy_disabled_unix"]), "DISABLED"),
         }
-        lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", "routes:"]
+        self.ports["admin"] = free_port()
+        lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", f"admin_listen: 127.0.0.1:{self.ports['admin']}",
+                 "shutdown_grace: 0", "routes:"]
         for name, (listen, mode) in routes.items():
             lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
                       f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}", "    max_connections: 20000",
@@ -153,7 +155,8 @@ class BenchEnv:
         self.proxy_process = subprocess.Popen([sys.executable, "-m", "tlsproxy", "--config", str(config)],
                                               stdout=log_file, stderr=log_file, start_new_session=True)
         log_file.close()
-        self._wait_listening([("127.0.0.1", self.ports["proxy_tls_tcp"]), ("127.0.0.1", self.ports["proxy_disabled_tcp"])],
+        self._wait_listening([("127.0.0.1", self.ports["proxy_tls_tcp"]), ("127.0.0.1", self.ports["proxy_disabled_tcp"]),
+                              ("127.0.0.1", self.ports["admin"])],
                              [self.sockets["proxy_tls_unix"], self.sockets["proxy_disabled_unix"]],
                              self.proxy_process, "tlsproxy")
 

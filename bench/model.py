@@ -79,7 +79,7 @@ class RunSize:
 QUICK = RunSize("quick", repetitions=2, seconds=2.0, point_threads=(1, 4), connect_threads=(1,),
                 bulk_mib=32, bulk_row_sizes=(1048576,), table_size=10000, handshakes=100,
                 idle_connections=(0, 200), tls_matrix=False)
-FULL = RunSize("full", repetitions=5, seconds=10.0, point_threads=(1, 4, 16), connect_threads=(1, 4),
+FULL = RunSize("full", repetitions=5, seconds=6.0, point_threads=(1, 4, 16), connect_threads=(1, 4),
                bulk_mib=256, bulk_row_sizes=(1024, 1048576), table_size=100000, handshakes=400,
                idle_connections=(0, 1000, 5000), tls_matrix=True)
 TINY = RunSize("tiny", repetitions=1, seconds=0.5, point_threads=(1,), connect_threads=(1,), bulk_mib=2,

@@ -96,6 +96,10 @@ def fmt(value: Any) -> str:
     return f"{value:.3g}"
 
 
+def _signed_percent(value: Any) -> str:
+    return f"{value:+.1f}%" if _finite(value) else "–"
+
+
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}×" if _finite(value) else "–"
 
@@ -278,14 +282,41 @@ class Report:
                     if plot in plots:
                         lines += [f"![{title}]({plots[plot]})", ""]
                 lines += render_generic(self.results[key], level=3)
+        lines += self._proxy_metrics_section()
         known = {"size", "run_size", "started", "finished", "machine", "event_loop", "scenarios", "versions",
-                 "samples", "handshake", "memory", "tls_matrix"}
+                 "samples", "handshake", "memory", "tls_matrix", "proxy_metrics"}
         for key, value in self.results.items():
             if key not in known and isinstance(value, (dict, list)):
                 lines += [f"## {key}", ""] + render_generic(value, level=3)
         if plot_note:
             lines += ["## Plots", "", plot_note, ""]
         return "\n".join(lines).rstrip() + "\n"
+
+    def _proxy_metrics_section(self) -> list[str]:
+        """The proxy's own histograms (scraped from /metrics) next to the external measurement."""
+        data = self.results.get("proxy_metrics")
+        if not isinstance(data, dict):
+            return []
+        lines = ["## The proxy's own metrics vs the external measurement", ""]
+        if "error" in data:
+            return lines + [f"Not available: {data['error']}.", ""]
+        metric = data.get("proxy_metric", {})
+        external = data.get("external", {})
+        difference = data.get("difference", {})
+        phases = metric.get("phase_latency_ms_mean", {})
+        lines += [f"Scraped from `/metrics` before and after {fmt(data.get('connections'))} connect-per-request "
+                  f"connections through `proxy_tls_tcp` ({fmt(data.get('handshakes_counted'))} handshakes counted). "
+                  f"External: {external.get('what', 'not measured')}.", ""]
+        rows = [
+            ["TLS handshake CPU (µs)", fmt(metric.get("tls_handshake_cpu_us_mean")),
+             fmt(external.get("tls_handshake_cpu_us")), _signed_percent(difference.get("cpu_percent"))],
+            ["TLS handshake latency (ms)", fmt(phases.get("tls")), fmt(external.get("tls_handshake_latency_ms")),
+             _signed_percent(difference.get("latency_percent"))],
+        ]
+        lines += _table(["", "proxy metric (mean)", "external (median)", "difference"], rows)
+        lines += ["", "Handshake phases as the proxy measures them (mean ms): "
+                  + ", ".join(f"{phase} {fmt(value)}" for phase, value in phases.items()), ""]
+        return lines
 
     def _header(self) -> list[str]:
         results = self.results

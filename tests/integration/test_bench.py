@@ -169,6 +169,14 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
         if key in results:
             assert heading in report
     assert "## Warnings" not in report, report
+    # the proxy's own histograms were scraped and set against the external handshake measurement
+    scraped = results["proxy_metrics"]
+    assert scraped["handshakes_counted"] == scraped["connections"] > 0
+    assert scraped["proxy_metric"]["tls_handshake_cpu_us_mean"] > 0
+    assert "cpu_percent" in scraped["difference"]
+    assert "## The proxy's own metrics vs the external measurement" in report
+    for key in ("handshake", "memory"):
+        assert key in results
 
     # the report is a pure function of results.json
     write_report(results, tmp_path / "again")
