@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tlsproxy import __version__
 from tlsproxy.config import ConfigError, ProxyConfig, load_config_file, parse_config, validate_security
@@ -117,7 +118,27 @@ def _flag_value(dest: str, value: Any) -> Any:
     return value
 
 
-def config_from_args(args: argparse.Namespace) -> ProxyConfig:
+ENV_PREFIX = "TLSPROXY_"
+
+
+def _apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """TLSPROXY_<FLAG> variables (TLSPROXY_UPSTREAM, TLSPROXY_SSL_CA, ...), the usual sidecar way: they
+    sit between the file and the flags (a flag wins over the variable, the variable over the file)."""
+    for dest in ("config", *ROUTE_FLAGS, *TOP_FLAGS):
+        name = ENV_PREFIX + dest.upper()
+        if getattr(args, dest, None) is None and environ.get(name, "") != "":
+            value: Any = environ[name]
+            if dest == "config":
+                value = Path(value)
+            elif dest == "max_connections":
+                if not value.strip().isdigit():
+                    raise ConfigError(name, f"expected a whole number, got {value!r}")
+                value = int(value)
+            setattr(args, dest, value)
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ProxyConfig:
+    _apply_environment(args, os.environ if environ is None else environ)
     raw: dict[str, Any] = load_config_file(args.config) if args.config else {}
     base = args.config.resolve().parent if args.config else None
     route_overrides = {key: _flag_value(dest, getattr(args, dest))

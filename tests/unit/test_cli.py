@@ -289,3 +289,43 @@ def test_flags_over_a_malformed_route_report_the_route(tmp_path: Path) -> None:
         config_of("--config", str(path), "--ssl-ca", "/ca.pem")
     assert error.value.key == "routes[0]", error.value
     assert "expected a mapping of route settings" in error.value.problem
+
+
+# ---- TLSPROXY_* environment variables ---------------------------------------------------------------
+
+
+def test_environment_variables_configure_a_route(tmp_path: Path) -> None:
+    from tlsproxy.cli import build_parser, config_from_args
+
+    environ = {"TLSPROXY_UPSTREAM": "db.example.com:3307", "TLSPROXY_LISTEN": "127.0.0.1:4000",
+               "TLSPROXY_SSL_MODE": "verify_ca", "TLSPROXY_MAX_CONNECTIONS": "12",
+               "TLSPROXY_ADMIN_LISTEN": "off", "TLSPROXY_ALLOW_LEGACY_TLS": "true",
+               "TLSPROXY_TLS_VERSION": "TLSv1.1,TLSv1.2"}
+    config = config_from_args(build_parser().parse_args(["run"]), environ)
+    route = config.routes[0]
+    assert str(route.upstream) == "db.example.com:3307" and str(route.listen) == "127.0.0.1:4000"
+    assert route.tls.mode.value == "VERIFY_CA" and route.max_connections == 12
+    assert route.tls.tls_versions == ("TLSv1.1", "TLSv1.2")
+    assert config.admin_listen is None
+
+
+def test_flags_win_over_environment_and_environment_over_the_file(tmp_path: Path) -> None:
+    from tlsproxy.cli import build_parser, config_from_args
+
+    config_file = tmp_path / "tlsproxy.yaml"
+    config_file.write_text("routes:\n  - upstream: file.example.com:3306\n    max_connections: 5\n")
+    environ = {"TLSPROXY_CONFIG": str(config_file), "TLSPROXY_UPSTREAM": "env.example.com:3306"}
+    config = config_from_args(build_parser().parse_args(["run", "--upstream", "flag.example.com"]), environ)
+    assert config.routes[0].upstream.host == "flag.example.com"
+    assert config.routes[0].max_connections == 5
+    config = config_from_args(build_parser().parse_args(["run"]), environ)
+    assert config.routes[0].upstream.host == "env.example.com"
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    from tlsproxy.cli import build_parser, config_from_args
+    from tlsproxy.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        config_from_args(build_parser().parse_args(["run", "--upstream", "db:3306"]), {"TLSPROXY_MAX_CONNECTIONS": "many"})
+    assert error.value.key == "TLSPROXY_MAX_CONNECTIONS"
