@@ -50,6 +50,7 @@ TOP_FLAGS = {
     "allow_non_loopback": "allow_non_loopback",
     "admin_listen": "admin_listen",
     "shutdown_grace": "shutdown_grace",
+    "tls_files_check_interval": "tls_files_check_interval",
 }
 
 
@@ -81,6 +82,8 @@ def _proxy_options() -> argparse.ArgumentParser:
     group.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="default uvloop")
     group.add_argument("--admin-listen", help="HOST:PORT for /metrics and the health endpoints "
                                               "(default 127.0.0.1:9090; 'off' to disable)")
+    group.add_argument("--tls-files-check-interval",
+                       help="seconds between checks for changed CA/cert/key/CRL files (default 5; 0: SIGHUP only)")
     group.add_argument("--shutdown-grace", help="seconds open connections may finish after SIGTERM (default 10)")
     group.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     group.add_argument("--log-format", choices=["text", "json"])
@@ -203,6 +206,7 @@ async def serve(config: ProxyConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload_tls, "SIGHUP")
     log.info("tlsproxy %s ready (%s event loop)", __version__, config.event_loop)
     await stop.wait()
     stop.clear()

@@ -114,6 +114,8 @@ class ProxyConfig:
     """Metrics and health endpoints; None turns the admin listener off."""
     shutdown_grace: float = 10.0
     """On SIGTERM/SIGINT, how long open connections may finish before they are closed."""
+    tls_files_check_interval: float = 5.0
+    """How often to look for changed CA/cert/key/CRL files (0: only on SIGHUP)."""
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ _ROUTE_KEYS = {
     "allow_legacy_tls", "connect_timeout", "handshake_timeout", "idle_timeout", "max_connections",
 }
 _TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
-             "shutdown_grace"}
+             "shutdown_grace", "tls_files_check_interval"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_LISTEN = "127.0.0.1:3306"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
@@ -314,8 +316,11 @@ def parse_config(raw: Any, *, base: Path | None = None) -> ProxyConfig:
     admin_listen = None if admin_raw in (None, False, "off", "") else parse_tcp_address(admin_raw, "admin_listen")
     grace = raw.get("shutdown_grace", 10)
     shutdown_grace = 0.0 if grace in (0, "0", "0s") else _duration(grace, "shutdown_grace")
+    check = raw.get("tls_files_check_interval", 5)
+    check_interval = 0.0 if check in (0, "0", "0s", "off", False) else _duration(check, "tls_files_check_interval")
     return ProxyConfig(
         routes=routes,
+        tls_files_check_interval=check_interval,  # type: ignore[arg-type]
         admin_listen=admin_listen,
         shutdown_grace=shutdown_grace,  # type: ignore[arg-type]
         auth_rsa_key=_path(raw.get("auth_rsa_key"), "auth_rsa_key", base),

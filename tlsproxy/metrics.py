@@ -97,6 +97,9 @@ class ProxyMetrics:
         self.certificate_not_after = Gauge(
             "tlsproxy_upstream_certificate_not_after_timestamp_seconds",
             "notAfter of the upstream server certificate last seen, as a Unix timestamp", ["route"], registry=r)
+        self.config_reloads = Counter(
+            "tlsproxy_config_reloads", "Reloads of the TLS files (SIGHUP, or a change on disk), by result",
+            ["result"], registry=r)
         build = Gauge("tlsproxy_build_info", "Build information (always 1)",
                       ["version", "python", "openssl"], registry=r)
         build.labels(__version__, platform.python_version(), ssl.OPENSSL_VERSION).set(1)

@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from tlsproxy.config import ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
+from tlsproxy.config import ConfigError, ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
@@ -98,6 +98,40 @@ def _remove_stale_socket(path: Path) -> None:
         pass
 
 
+class TlsFileWatch:
+    """Notices when a route's CA, CRL, client certificate or key file changes on disk (a Kubernetes
+    Secret update swaps a symlink; stat follows it)."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        paths: set[Path] = set()
+        for route in config.routes:
+            tls = route.tls
+            paths.update(path for path in (tls.ca_file, tls.crl_file, tls.cert_file, tls.key_file) if path)
+            if tls.ca_path is not None:
+                paths.add(tls.ca_path)
+                if tls.ca_path.is_dir():
+                    paths.update(tls.ca_path.glob("*"))
+        self._paths = sorted(paths)
+        self._seen = {path: self._signature(path) for path in self._paths}
+
+    @staticmethod
+    def _signature(path: Path) -> tuple[int, int, int] | None:
+        try:
+            status = path.stat()
+        except OSError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def changed(self) -> list[str]:
+        changed = []
+        for path in self._paths:
+            signature = self._signature(path)
+            if signature != self._seen[path]:
+                self._seen[path] = signature
+                changed.append(str(path))
+        return changed
+
+
 def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
                   metrics: ProxyMetrics | None = None) -> RouteRuntime:
     upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
@@ -109,9 +143,12 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, auth_key: AuthKey | None, metrics: ProxyMetrics | None = None) -> None:
         self.config = config
+        self.auth_key = auth_key
         self.metrics = metrics or ProxyMetrics()
         self.listeners = [RouteListener(build_runtime(route, auth_key, i, self.metrics))
                           for i, route in enumerate(config.routes)]
+        self._tls_files = TlsFileWatch(config)
+        self._watch_task: asyncio.Task[None] | None = None
         for listener in self.listeners:
             self.metrics.connections_active.labels(listener.route.name).set_function(
                 lambda listener=listener: len(listener.sessions))
@@ -139,6 +176,32 @@ class Proxy:
             if route.tls.allow_legacy_tls and route.tls.tls_versions[0] in ("TLSv1", "TLSv1.1"):
                 log.warning("route %s: legacy TLS versions %s allowed (allow_legacy_tls)", route.name,
                             ",".join(route.tls.tls_versions))
+        if self.config.tls_files_check_interval:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_tls_files())
+
+    def reload_tls(self, why: str) -> bool:
+        """Build every route's TLS context again from its files (certificate rotation). New handshakes
+        use the new contexts; open connections keep theirs. If any file is bad, every route keeps its
+        old context, and the failure is logged and counted."""
+        try:
+            runtimes = [build_runtime(listener.route, self.auth_key, i, self.metrics)
+                        for i, listener in enumerate(self.listeners)]
+        except ConfigError as exc:
+            log.warning("TLS reload (%s) failed, keeping the previous TLS settings: %s", why, exc)
+            self.metrics.config_reloads.labels("error").inc()
+            return False
+        for listener, runtime in zip(self.listeners, runtimes):
+            listener.runtime = runtime
+        log.info("TLS reload (%s): new connections use the new TLS contexts", why)
+        self.metrics.config_reloads.labels("ok").inc()
+        return True
+
+    async def _watch_tls_files(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tls_files_check_interval)
+            changed = self._tls_files.changed()
+            if changed:
+                self.reload_tls(f"changed on disk: {', '.join(changed)}")
 
     @property
     def draining(self) -> bool:
@@ -151,6 +214,8 @@ class Proxy:
     async def stop(self, grace_seconds: float = 0.0) -> None:
         """Stop accepting, let open connections finish for up to `grace_seconds`, then close the rest."""
         self._draining = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         for listener in self.listeners:
             listener.stop_accepting()
         deadline = asyncio.get_running_loop().time() + grace_seconds

@@ -252,7 +252,7 @@ INVALID: list[InvalidCase] = [
     ("routes a mapping", {"routes": {"upstream": "db"}}, "routes", "expected a list"),
     ("route not a mapping", {"routes": ["db.example.com:3306"]}, "routes[0]", "expected a mapping"),
     ("unknown top-level key", {"routes": [{"upstream": "db"}], "listen": "127.0.0.1:3306"}, "listen",
-     "unknown key; allowed: admin_listen, allow_non_loopback, auth_rsa_key, event_loop, log_format, log_level, routes, shutdown_grace"),
+     "unknown key; allowed: admin_listen, allow_non_loopback, auth_rsa_key, event_loop, log_format, log_level, routes, shutdown_grace, tls_files_check_interval"),
     ("unknown route key", _two({"ssl_verify_server_cert": True}), "routes[1].ssl_verify_server_cert",
      "unknown key; allowed: "),
     # ssl_mode
