@@ -38,6 +38,7 @@ ROUTE_FLAGS = {
     "tls_server_name": "tls_server_name",
     "allow_legacy_tls": "allow_legacy_tls",
     "connect_timeout": "connect_timeout",
+    "connect_retry_window": "connect_retry_window",
     "handshake_timeout": "handshake_timeout",
     "idle_timeout": "idle_timeout",
     "max_connections": "max_connections",
@@ -74,6 +75,8 @@ def _proxy_options() -> argparse.ArgumentParser:
     group.add_argument("--allow-legacy-tls", action="store_const", const=True, default=None,
                        help="permit TLSv1/TLSv1.1 in --tls-version (insecure; for old servers only)")
     group.add_argument("--connect-timeout", help="upstream TCP connect timeout, seconds (default 10)")
+    group.add_argument("--connect-retry-window",
+                       help="retry a refused/unreachable upstream with backoff for this long (default 5; 0: off)")
     group.add_argument("--handshake-timeout", help="whole connection phase timeout, seconds (default 30)")
     group.add_argument("--idle-timeout", help="close relayed connections idle this long (default off)")
     group.add_argument("--max-connections", type=int, help="per route (default 1000); more get ERR 1040")

@@ -97,6 +97,7 @@ class Route:
     upstream: TcpAddress
     tls: TlsSettings = field(default_factory=TlsSettings)
     connect_timeout: float = 10.0
+    connect_retry_window: float = 5.0
     handshake_timeout: float = 30.0
     idle_timeout: float | None = None
     max_connections: int = 1000
@@ -123,7 +124,8 @@ class ProxyConfig:
 _ROUTE_KEYS = {
     "name", "listen", "unix_socket_mode", "upstream", "ssl_mode", "ssl_ca", "ssl_capath", "ssl_system_trust",
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
-    "allow_legacy_tls", "connect_timeout", "handshake_timeout", "idle_timeout", "max_connections",
+    "allow_legacy_tls", "connect_timeout", "connect_retry_window", "handshake_timeout", "idle_timeout",
+    "max_connections",
 }
 _TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
              "shutdown_grace", "tls_files_check_interval"}
@@ -284,6 +286,8 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         upstream=upstream,
         tls=tls,
         connect_timeout=_duration(raw.get("connect_timeout", 10), f"{key}.connect_timeout"),  # type: ignore[arg-type]
+        connect_retry_window=_duration(raw.get("connect_retry_window", 5), f"{key}.connect_retry_window",
+                                       allow_off=True) or 0.0,
         handshake_timeout=_duration(raw.get("handshake_timeout", 30), f"{key}.handshake_timeout"),  # type: ignore[arg-type]
         idle_timeout=_duration(raw.get("idle_timeout"), f"{key}.idle_timeout", allow_off=True),
         max_connections=max_connections,

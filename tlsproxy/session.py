@@ -151,19 +151,33 @@ class Session:
             self.close("internal error", outcome="internal_error")
 
     async def _connect_upstream(self) -> None:
+        """TCP to the upstream: the name is resolved again for every connection and each address tried;
+        a refused or unreachable upstream is retried with backoff for `connect_retry_window` (a
+        primary/secondary switchover takes seconds), all inside the handshake timeout."""
         route = self.route
         started = time.monotonic()
-        try:
-            async with asyncio.timeout(route.connect_timeout):
-                transport, _ = await self._loop.create_connection(
-                    lambda: self._upstream_protocol, route.upstream.host, route.upstream.port,
-                )
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s") from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise UpstreamConnectError(f"cannot connect to upstream {route.upstream}: {reason}") from None
+        retry_until = started + route.connect_retry_window
+        delay, attempts = 0.05, 0
+        while True:
+            attempts += 1
+            try:
+                async with asyncio.timeout(route.connect_timeout):
+                    transport, _ = await self._loop.create_connection(
+                        lambda: self._upstream_protocol, route.upstream.host, route.upstream.port,
+                    )
+                break
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s",
+                ) from None
+            except OSError as exc:
+                if time.monotonic() + delay > retry_until:
+                    reason = exc.strerror or str(exc)
+                    tried = f" ({attempts} attempts in {time.monotonic() - started:.1f}s)" if attempts > 1 else ""
+                    raise UpstreamConnectError(f"cannot connect to upstream {route.upstream}: {reason}{tried}") from None
+                log.debug("conn=%d upstream %s: %s; retrying in %.2fs", self.conn_id, route.upstream, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         if self._closed:
             transport.close()
             return

@@ -253,3 +253,43 @@ def test_upstream_connect_timeout(pki: TestPki, event_loop_name: str) -> None:
                                within=3.0)
         finally:
             filler.close()
+
+
+def test_upstream_that_comes_back_within_the_retry_window(mariadb: MariaDBServer, pki: TestPki,
+                                                          event_loop_name: str) -> None:
+    """A switchover: the upstream refuses for a second, then answers; the client only waits."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    route = make_route(port, upstream_host="127.0.0.1", ca_file=pki.ca, server_name="localhost",
+                       connect_retry_window=5.0)
+    with ProxyThread(route, event_loop=event_loop_name) as proxy, ExitStack() as stack:
+        import threading
+
+        def come_back() -> None:
+            time.sleep(1.0)
+            stack.enter_context(RecordingRelay(mariadb.port, listen_port=port))
+
+        thread = threading.Thread(target=come_back)
+        thread.start()
+        started = time.monotonic()
+        connection = pymysql.connect(host="127.0.0.1", port=proxy.port, user=NATIVE.user,
+                                     password=NATIVE.password, ssl_disabled=True)
+        waited = time.monotonic() - started
+        thread.join()
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            assert cursor.fetchone()[1]
+        connection.close()
+        assert 0.9 < waited < 4.0, waited
+
+
+def test_refused_upstream_is_reported_after_the_retry_window(pki: TestPki) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    route = make_route(port, upstream_host="127.0.0.1", ca_file=pki.ca, connect_retry_window=1.0)
+    with ProxyThread(route) as proxy:
+        error = client_error("pymysql", proxy.port, NATIVE)
+        assert "Connection refused (" in error.message and "attempts in" in error.message, error
+        assert 0.5 < error.seconds < 3.0, error  # the last backoff step that fits in the window

@@ -30,11 +30,12 @@ def shared_auth_key() -> certs.AuthRsaKey:
 
 
 def make_route(upstream_port: int, *, upstream_host: str = "localhost", name: str = "test",
-               listen: Any = None, **tls: Any) -> Route:
+               listen: Any = None, connect_retry_window: float = 0.0, **tls: Any) -> Route:
+    """A route for tests: no connect retries unless asked (a refused upstream fails at once)."""
     settings = TlsSettings(**tls)
     return Route(name=name, listen=listen or TcpAddress("127.0.0.1", 0),
                  upstream=TcpAddress(upstream_host, upstream_port), tls=settings,
-                 connect_timeout=5.0, handshake_timeout=10.0)
+                 connect_timeout=5.0, connect_retry_window=connect_retry_window, handshake_timeout=10.0)
 
 
 class ProxyThread:

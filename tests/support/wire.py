@@ -12,10 +12,10 @@ from typing import Callable
 
 
 class _Listener:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(64)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -71,8 +71,8 @@ class _Listener:
 class RecordingRelay(_Listener):
     """Forwards to 127.0.0.1:target_port and records every byte each way (`to_server`, `to_client`)."""
 
-    def __init__(self, target_port: int) -> None:
-        super().__init__()
+    def __init__(self, target_port: int, listen_port: int = 0) -> None:
+        super().__init__(listen_port)
         self.target_port = target_port
         self.to_server = bytearray()
         self.to_client = bytearray()
