@@ -16,6 +16,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        connection = getattr(record, "connection", None)
+        if isinstance(connection, dict):  # the end-of-connection line: its fields as JSON, not a string
+            entry["event"] = "connection_end"
+            entry.update(connection)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

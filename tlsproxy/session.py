@@ -433,32 +433,41 @@ class Session:
             metrics.handshake_failures.labels(route, self.stats.outcome).inc()
 
     def _log_end(self) -> None:
+        """One line per connection: key=value text, or (with --log-format json) the same fields as JSON."""
         stats = self.stats
-        route = self.route
+        mode = self.route.tls.mode
 
-        def ms(value: float | None) -> str:
-            return "-" if value is None else f"{value * 1000:.2f}"
+        def ms(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 3)
 
-        mode = route.tls.mode
-        tls = "off" if self.runtime.upstream_tls is None else (stats.tls_version or "-")
-        message = (
-            f"conn={self.conn_id} route={route.name} client={self.client_address} upstream={route.upstream} "
-            f"outcome={stats.outcome} closed_by={stats.closed_by} tls={tls} cipher={stats.tls_cipher or '-'} "
-            f"resumed={'-' if stats.tls_resumed is None else ('yes' if stats.tls_resumed else 'no')} "
-            f"auth={stats.auth_plugin or '-'} connect_ms={ms(stats.connect_seconds)} "
-            f"greeting_ms={ms(stats.greeting_seconds)} tls_ms={ms(stats.tls_seconds)} auth_ms={ms(stats.auth_seconds)} "
-            f"duration_ms={ms(time.monotonic() - stats.accepted_at)} "
-            f"bytes_up={stats.bytes_client_to_server} bytes_down={stats.bytes_server_to_client} "
-            f"reason={stats.reason!r}"
-        )
-        if mode in (SslMode.REQUIRED, SslMode.DISABLED):
-            message += (" WARNING: upstream certificate NOT verified (ssl_mode=REQUIRED)" if mode is SslMode.REQUIRED
-                        else " WARNING: upstream NOT encrypted (ssl_mode=DISABLED)")
-            log.warning(message)
-        elif stats.outcome in ("ok", "relayed") or stats.outcome == "auth_denied":
-            log.info(message)
-        else:
-            log.warning(message)
+        fields: dict[str, object] = {
+            "conn": self.conn_id, "route": self.route.name, "client": self.client_address,
+            "upstream": str(self.route.upstream), "outcome": stats.outcome, "closed_by": stats.closed_by,
+            "tls": "off" if self.runtime.upstream_tls is None else stats.tls_version, "cipher": stats.tls_cipher,
+            "resumed": stats.tls_resumed, "auth": stats.auth_plugin or None,
+            "connect_ms": ms(stats.connect_seconds), "greeting_ms": ms(stats.greeting_seconds),
+            "tls_ms": ms(stats.tls_seconds), "auth_ms": ms(stats.auth_seconds),
+            "duration_ms": ms(time.monotonic() - stats.accepted_at),
+            "bytes_up": stats.bytes_client_to_server, "bytes_down": stats.bytes_server_to_client,
+            "reason": stats.reason,
+        }
+        if mode is SslMode.REQUIRED:
+            fields["warning"] = "upstream certificate NOT verified (ssl_mode=REQUIRED)"
+        elif mode is SslMode.DISABLED:
+            fields["warning"] = "upstream NOT encrypted (ssl_mode=DISABLED)"
+
+        def text(value: object) -> str:
+            if value is None:
+                return "-"
+            if isinstance(value, bool):
+                return "yes" if value else "no"
+            return repr(value) if isinstance(value, str) and (" " in value or not value) else str(value)
+
+        message = " ".join(f"{key}={text(value)}" for key, value in fields.items() if key != "warning")
+        if "warning" in fields:
+            message += f" WARNING: {fields['warning']}"
+        quiet = stats.outcome in ("ok", "relayed", "auth_denied") and "warning" not in fields
+        log.log(logging.INFO if quiet else logging.WARNING, message, extra={"connection": fields})
 
 
 class ClientSide(asyncio.Protocol):

@@ -112,8 +112,56 @@ def test_failure_reasons_are_counted(mariadb: MariaDBServer, alt_mariadb: MariaD
                 connect(proxy.port, PLAIN)
             time.sleep(0.1)
             assert value(proxy, "tlsproxy_handshake_failures_total", route="expired", reason="expired") == 1
+        serve_certificate(alt_mariadb, pki.server_cert, pki.server_key, tls_version="TLSv1.2")
+        route = make_route(alt_mariadb.port, ca_file=pki.ca, name="version", tls_versions=("TLSv1.3",))
+        with ProxyThread(route) as proxy:
+            with pytest.raises(pymysql.err.MySQLError):
+                connect(proxy.port, PLAIN)
+            time.sleep(0.1)
+            assert value(proxy, "tlsproxy_handshake_failures_total", route="version", reason="protocol_version") == 1
     finally:
         serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
+
+
+def test_timeout_and_client_gone_are_counted(mariadb: MariaDBServer, pki: TestPki) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts TCP (the kernel does), never speaks
+    try:
+        route = make_route(silent.getsockname()[1], upstream_host="127.0.0.1", ca_file=pki.ca, name="silent")
+        route = type(route)(**{**route.__dict__, "handshake_timeout": 0.5})
+        with ProxyThread(route) as proxy:
+            with pytest.raises(pymysql.err.MySQLError):
+                connect(proxy.port)
+            time.sleep(0.1)
+            assert value(proxy, "tlsproxy_handshake_failures_total", route="silent", reason="handshake_timeout") == 1
+    finally:
+        silent.close()
+    with ProxyThread(make_route(mariadb.port, ca_file=pki.ca, name="gone")) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port)) as client:
+            assert client.recv(65536)[4] == 0x0A  # the greeting; then the client goes away
+        deadline = time.monotonic() + 5
+        while not value(proxy, "tlsproxy_handshake_failures_total", route="gone", reason="client_gone"):
+            assert time.monotonic() < deadline, "client_gone was not counted"
+            time.sleep(0.05)
+
+
+def test_readiness_follows_max_connections_and_draining(mariadb: MariaDBServer, pki: TestPki) -> None:
+    args = ["--listen", "127.0.0.1:0", "--upstream", f"localhost:{mariadb.port}", "--ssl-ca", str(pki.ca),
+            "--max-connections", "1", "--shutdown-grace", "20"]
+    with CliProxy(args) as cli:
+        assert cli.admin_address is not None and cli.process is not None
+        assert http(cli.admin_address, "/readiness")[0] == 200
+        held = connect(cli.port())
+        status, body = http(cli.admin_address, "/readiness")
+        assert status == 503 and "max_connections" in body
+        cli.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, body = http(cli.admin_address, "/readiness")
+        assert status == 503 and "draining" in body
+        assert http(cli.admin_address, "/liveness")[0] == 200
+        held.close()
+        assert cli.process.wait(15) == 0
 
 
 def test_max_connections_counts_refusals(mariadb: MariaDBServer, pki: TestPki) -> None:
@@ -236,3 +284,23 @@ def test_handshake_cpu_matches_an_independent_measurement(mariadb: MariaDBServer
     # Within 10% on a quiet machine (see the issue note); this bound only has to catch a metric that
     # measures the wrong thing (wall time is 2-4x the CPU time on loopback) without flaking on CI.
     assert 0.6 < metric / independent < 1.5, (metric, independent)
+
+
+def test_json_log_has_one_structured_line_per_connection(mariadb: MariaDBServer, pki: TestPki) -> None:
+    import json
+
+    args = ["--listen", "127.0.0.1:0", "--upstream", f"localhost:{mariadb.port}", "--ssl-ca", str(pki.ca),
+            "--log-format", "json"]
+    with CliProxy(args) as cli:
+        connect(cli.port()).close()
+        deadline = time.monotonic() + 5
+        ends: list[dict] = []
+        while not ends and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ends = [json.loads(line) for line in list(cli.output) if '"connection_end"' in line]
+    (end,) = ends
+    assert end["outcome"] == "ok" and end["route"] == "default" and end["tls"] in ("TLSv1.2", "TLSv1.3")
+    assert end["cipher"] and end["resumed"] is False and end["auth"] == "mysql_native_password"
+    for key in ("connect_ms", "greeting_ms", "tls_ms", "auth_ms", "duration_ms", "bytes_up", "bytes_down"):
+        assert isinstance(end[key], (int, float)) and end[key] > 0, key
+    assert NATIVE.password not in json.dumps(ends)
