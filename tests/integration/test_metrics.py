@@ -281,9 +281,30 @@ def test_handshake_cpu_matches_an_independent_measurement(mariadb: MariaDBServer
         metric = value(proxy, "tlsproxy_tls_handshake_cpu_seconds_sum", route="cpu", resumed="no") / count
     print(f"handshake CPU: metric {metric * 1e6:.0f} us, independent {independent * 1e6:.0f} us "
           f"({(metric / independent - 1) * 100:+.1f}%)")
-    # Within 10% on a quiet machine (see the issue note); this bound only has to catch a metric that
-    # measures the wrong thing (wall time is 2-4x the CPU time on loopback) without flaking on CI.
-    assert 0.6 < metric / independent < 1.5, (metric, independent)
+    # The two agree within ~20% on this shared machine (see the issue note), but single runs swing
+    # further; this bound catches a metric off by a factor (zero, per-process averages, wrong units).
+    # That it is CPU and not wall time is checked by the next test.
+    assert 0.4 < metric / independent < 2.5, (metric, independent)
+
+
+def test_handshake_cpu_is_cpu_not_wall_time(mariadb: MariaDBServer, pki: TestPki) -> None:
+    """With every server-to-proxy chunk delayed by 50 ms, the TLS phase takes far longer on the wall
+    clock while the CPU spent in the handshake stays the same."""
+    from tests.support.wire import RecordingRelay
+
+    with RecordingRelay(mariadb.port, delay_to_client=0.05) as slow:
+        route = make_route(slow.port, upstream_host="127.0.0.1", server_name="localhost", ca_file=pki.ca,
+                           name="slow")
+        with ProxyThread(route) as proxy:
+            for _ in range(3):
+                connect(proxy.port).close()
+            time.sleep(0.1)
+            count = value(proxy, "tlsproxy_tls_handshake_cpu_seconds_count", route="slow", resumed="no")
+            cpu = value(proxy, "tlsproxy_tls_handshake_cpu_seconds_sum", route="slow", resumed="no") / count
+            wall = value(proxy, "tlsproxy_handshake_duration_seconds_sum", route="slow", phase="tls") / count
+    assert count == 3
+    assert wall > 0.05, wall  # at least one delayed round trip
+    assert cpu < 0.02, cpu  # a handshake's CPU is about 1 ms, whatever the network does
 
 
 def test_json_log_has_one_structured_line_per_connection(mariadb: MariaDBServer, pki: TestPki) -> None:

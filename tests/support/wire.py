@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Callable
 
 
@@ -71,9 +72,10 @@ class _Listener:
 class RecordingRelay(_Listener):
     """Forwards to 127.0.0.1:target_port and records every byte each way (`to_server`, `to_client`)."""
 
-    def __init__(self, target_port: int, listen_port: int = 0) -> None:
+    def __init__(self, target_port: int, listen_port: int = 0, *, delay_to_client: float = 0.0) -> None:
         super().__init__(listen_port)
         self.target_port = target_port
+        self.delay_to_client = delay_to_client  # seconds added before each server-to-client chunk
         self.to_server = bytearray()
         self.to_client = bytearray()
         self._lock = threading.Lock()
@@ -85,15 +87,17 @@ class RecordingRelay(_Listener):
             conn.close()
             return
         self._connections.append(upstream)
-        self._spawn(self._pump, upstream, conn, self.to_client)
+        self._spawn(self._pump, upstream, conn, self.to_client, self.delay_to_client)
         self._pump(conn, upstream, self.to_server)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, delay: float = 0.0) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if delay:
+                    time.sleep(delay)
                 with self._lock:
                     record += data
                 sink.sendall(data)
