@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -236,30 +237,6 @@ def test_sigterm_drains_an_open_transaction(mariadb: MariaDBServer, pki: TestPki
     assert rows == [["2"]]
 
 
-HANDSHAKE_PROCESS = """
-import resource, socket, sys
-from pathlib import Path
-from tlsproxy.check import _client_response_for_check
-from tlsproxy.config import TlsSettings
-from tlsproxy.mysql.codec import encode_frame
-from tlsproxy.tls import build_client_context
-
-port, ca, count, do_tls = int(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "tls"
-context = build_client_context(TlsSettings(ca_file=ca))
-request = bytearray(encode_frame(1, _client_response_for_check()[:32]))
-request[5] |= 0x08  # CLIENT_SSL
-before = resource.getrusage(resource.RUSAGE_SELF)
-for _ in range(count):
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.recv(65536)
-        sock.sendall(request)
-        if do_tls:
-            context.wrap_socket(sock, server_hostname="localhost").close()
-after = resource.getrusage(resource.RUSAGE_SELF)
-print((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
-"""
-
-
 def test_handshake_cpu_matches_an_independent_measurement(mariadb: MariaDBServer, pki: TestPki) -> None:
     """The metric's CPU per handshake agrees with getrusage of a process doing only handshakes (minus
     the same process doing the same connections without TLS), with the same TLS settings."""
@@ -268,8 +245,9 @@ def test_handshake_cpu_matches_an_independent_measurement(mariadb: MariaDBServer
     count = 150
 
     def process_cpu(mode: str) -> float:
-        result = subprocess.run([sys.executable, "-c", HANDSHAKE_PROCESS, str(mariadb.port), str(pki.ca),
-                                 str(count), mode], capture_output=True, text=True, timeout=120, check=True)
+        result = subprocess.run([sys.executable, "-m", "bench.handshake_process", str(mariadb.port), str(pki.ca),
+                                 str(count), mode], capture_output=True, text=True, timeout=120, check=True,
+                                cwd=Path(__file__).resolve().parents[2])
         return float(result.stdout)
 
     independent = (process_cpu("tls") - process_cpu("plain")) / count

@@ -1,0 +1,38 @@
+"""A process that does only upstream TLS handshakes (or, for the baseline, the same connections
+without TLS) and prints its own CPU seconds: the independent measurement the proxy's handshake-CPU
+metric is checked against.
+
+    python -m bench.handshake_process PORT CA_FILE COUNT tls|plain
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import sys
+from pathlib import Path
+
+from tlsproxy.check import _client_response_for_check
+from tlsproxy.config import TlsSettings
+from tlsproxy.mysql.codec import encode_frame
+from tlsproxy.tls import build_client_context
+
+
+def main(argv: list[str]) -> float:
+    port, ca_file, count, mode = int(argv[0]), Path(argv[1]), int(argv[2]), argv[3]
+    context = build_client_context(TlsSettings(ca_file=ca_file))  # the proxy's settings: VERIFY_IDENTITY
+    request = bytearray(encode_frame(1, _client_response_for_check()[:32]))
+    request[5] |= 0x08  # CLIENT_SSL: this is the SSLRequest
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.recv(65536)
+            sock.sendall(request)
+            if mode == "tls":
+                context.wrap_socket(sock, server_hostname="localhost").close()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]))
