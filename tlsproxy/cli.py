@@ -42,6 +42,8 @@ ROUTE_FLAGS = {
     "handshake_timeout": "handshake_timeout",
     "idle_timeout": "idle_timeout",
     "max_connections": "max_connections",
+    "tls_session_resumption": "tls_session_resumption",
+    "tls_session_cache_size": "tls_session_cache_size",
 }
 TOP_FLAGS = {
     "auth_rsa_key": "auth_rsa_key",
@@ -74,6 +76,10 @@ def _proxy_options() -> argparse.ArgumentParser:
     group.add_argument("--tls-server-name", help="name to verify and send as SNI (for IP upstreams)")
     group.add_argument("--allow-legacy-tls", action="store_const", const=True, default=None,
                        help="permit TLSv1/TLSv1.1 in --tls-version (insecure; for old servers only)")
+    group.add_argument("--tls-session-resumption", metavar="on|off",
+                       help="resume upstream TLS sessions (default on)")
+    group.add_argument("--tls-session-cache-size", type=int,
+                       help="resumable upstream TLS sessions kept per route (default 64)")
     group.add_argument("--connect-timeout", help="upstream TCP connect timeout, seconds (default 10)")
     group.add_argument("--connect-retry-window",
                        help="retry a refused/unreachable upstream with backoff for this long (default 5; 0: off)")
@@ -136,7 +142,7 @@ def _apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             value: Any = environ[name]
             if dest == "config":
                 value = Path(value)
-            elif dest == "max_connections":
+            elif dest in ("max_connections", "tls_session_cache_size"):
                 if not value.strip().isdigit():
                     raise ConfigError(name, f"expected a whole number, got {value!r}")
                 value = int(value)

@@ -82,6 +82,9 @@ class TlsSettings:
     ciphersuites: str | None = None
     server_name: str | None = None
     allow_legacy_tls: bool = False
+    session_resumption: bool = True
+    """Resume upstream TLS sessions (tlsproxy/tls_sessions.py)."""
+    session_cache_size: int = 64
 
     @property
     def uses_system_trust(self) -> bool:
@@ -125,7 +128,7 @@ _ROUTE_KEYS = {
     "name", "listen", "unix_socket_mode", "upstream", "ssl_mode", "ssl_ca", "ssl_capath", "ssl_system_trust",
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
     "allow_legacy_tls", "connect_timeout", "connect_retry_window", "handshake_timeout", "idle_timeout",
-    "max_connections",
+    "max_connections", "tls_session_resumption", "tls_session_cache_size",
 }
 _TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
              "shutdown_grace", "tls_files_check_interval"}
@@ -191,6 +194,12 @@ def _bool(value: Any, key: str) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
         return value.lower() in ("true", "yes", "on", "1")
     raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _whole_number(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, "expected a whole number of at least 1")
+    return value
 
 
 def _path(value: Any, key: str, base: Path | None) -> Path | None:
@@ -270,6 +279,8 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         ciphersuites=raw.get("tls_ciphersuites") or None,
         server_name=raw.get("tls_server_name") or None,
         allow_legacy_tls=allow_legacy,
+        session_resumption=_bool(raw.get("tls_session_resumption", True), f"{key}.tls_session_resumption"),
+        session_cache_size=_whole_number(raw.get("tls_session_cache_size", 64), f"{key}.tls_session_cache_size"),
     )
     if (tls.cert_file is None) != (tls.key_file is None):
         missing = "ssl_key" if tls.key_file is None else "ssl_cert"
@@ -277,9 +288,7 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
     for text_key in ("ssl_cipher", "tls_ciphersuites", "tls_server_name"):
         if raw.get(text_key) is not None and not isinstance(raw.get(text_key), str):
             raise ConfigError(f"{key}.{text_key}", "expected a string")
-    max_connections = raw.get("max_connections", 1000)
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-        raise ConfigError(f"{key}.max_connections", "expected a whole number of at least 1")
+    max_connections = _whole_number(raw.get("max_connections", 1000), f"{key}.max_connections")
     return Route(
         name=name,
         listen=listen,

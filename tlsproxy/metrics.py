@@ -91,6 +91,9 @@ class ProxyMetrics:
         self.tls_handshakes = Counter(
             "tlsproxy_tls_handshakes", "Completed upstream TLS handshakes by negotiated version, cipher and resumption",
             ["route", "version", "cipher", "resumed"], registry=r)
+        self.tls_sessions_cached = Gauge(
+            "tlsproxy_tls_sessions_cached", "Resumable upstream TLS sessions held now (0 with resumption off)",
+            ["route"], registry=r)
         self.auth_plugins = Counter(
             "tlsproxy_authentications", "Successful authentications by the auth plugin the server used last",
             ["route", "plugin"], registry=r)

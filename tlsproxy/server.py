@@ -71,6 +71,10 @@ class RouteListener:
             self.closed_bytes["client_to_server"] += session.stats.bytes_client_to_server
             self.closed_bytes["server_to_client"] += session.stats.bytes_server_to_client
 
+    def cached_tls_sessions(self) -> int:
+        upstream_tls = self.runtime.upstream_tls
+        return 0 if upstream_tls is None or upstream_tls.sessions is None else len(upstream_tls.sessions)
+
     def relayed_bytes(self) -> dict[str, int]:
         totals = dict(self.closed_bytes)
         for session in list(self.sessions):
@@ -152,6 +156,8 @@ class Proxy:
         for listener in self.listeners:
             self.metrics.connections_active.labels(listener.route.name).set_function(
                 lambda listener=listener: len(listener.sessions))
+            self.metrics.tls_sessions_cached.labels(listener.route.name).set_function(
+                lambda listener=listener: listener.cached_tls_sessions())
         self.metrics.add_relayed_bytes_source(self._relayed_bytes)
         self._draining = False
 

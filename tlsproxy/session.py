@@ -247,7 +247,19 @@ class Session:
                 self.stats.certificate_not_after = ssl.cert_time_to_seconds(peer["notAfter"])
         self._run_machine(self.machine.tls_established)
 
+    def _keep_tls_session(self) -> None:
+        """Offer this connection's TLS session to the next ones. Taken once authentication is done: by
+        then a TLS 1.3 server's tickets (sent after its handshake) have been read."""
+        upstream_tls = self.runtime.upstream_tls
+        if upstream_tls is None or upstream_tls.sessions is None or self.upstream is None:
+            return
+        ssl_object = self.upstream.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            upstream_tls.sessions.put(upstream_tls.server_hostname, ssl_object.session, ssl_object.version(),
+                                      self.stats.certificate_not_after)
+
     def _start_relay(self) -> None:
+        self._keep_tls_session()
         self._relaying = True
         self.stats.auth_seconds = time.monotonic() - self._phase_start
         self.stats.auth_plugin = self.machine.auth_plugin

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
 from tlsproxy.errors import CertificateVerifyError, TlsInjectionError, UpstreamTlsError
+from tlsproxy.tls_sessions import TlsSessionCache
 
 _VERSIONS = {
     "TLSv1": ssl.TLSVersion.TLSv1,
@@ -34,21 +35,62 @@ class UpstreamTls:
     """Name sent as SNI and, in VERIFY_IDENTITY, matched against the certificate (a DNS name or an IP)."""
     expected_name: str
     mode: SslMode
+    sessions: TlsSessionCache | None = None
+    """Resumable sessions of `context` (None: resumption off)."""
 
 
 class MeteredSSLObject(ssl.SSLObject):
     """An SSLObject that adds up the thread CPU time spent inside its own handshake steps: exactly the
     TLS handshake's CPU (key exchange, signature checks, certificate verification), not the event
-    loop's other work. asyncio and uvloop both create it through `SSLContext.wrap_bio`."""
+    loop's other work. asyncio and uvloop both create it through `SSLContext.wrap_bio`.
+
+    It also reports back on the session it was offered (`offered_session`, set by
+    `UpstreamSSLContext.wrap_bio`): a handshake that fails, or that the server did not resume, drops
+    that session from the cache."""
 
     handshake_cpu_seconds = 0.0
+    offered_session: ssl.SSLSession | None = None
 
     def do_handshake(self) -> None:
         started = time.thread_time()
         try:
             super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except BaseException:
+            self._drop_offered_session()
+            raise
+        else:
+            if self.offered_session is not None and not self.session_reused:
+                self._drop_offered_session()
         finally:
             self.handshake_cpu_seconds += time.thread_time() - started
+
+    def _drop_offered_session(self) -> None:
+        cache = getattr(self.context, "session_cache", None)
+        if self.offered_session is not None and cache is not None:
+            cache.discard(self.offered_session)
+
+
+class UpstreamSSLContext(ssl.SSLContext):
+    """The client context of one route. asyncio's and uvloop's `start_tls` take no session, but both
+    create the connection's SSLObject through `wrap_bio`, which can: this one offers the newest cached
+    session for the same server name. Verification is not weakened by it: the session was verified in
+    full under this very context (CA, CRL, host name), and a reload builds a new context with an empty
+    cache."""
+
+    session_cache: TlsSessionCache | None = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        cache = self.session_cache
+        if session is None and cache is not None and not server_side:
+            session = cache.take(server_hostname)
+        ssl_object = super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                      server_hostname=server_hostname, session=session)
+        if isinstance(ssl_object, MeteredSSLObject):
+            ssl_object.offered_session = session
+        return ssl_object
 
 
 def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None:
@@ -58,11 +100,13 @@ def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None
         return None
     context = build_client_context(settings, key_prefix)
     name = settings.server_name or route.upstream.host
-    return UpstreamTls(context, name, name, settings.mode)
+    sessions = TlsSessionCache(settings.session_cache_size) if settings.session_resumption else None
+    context.session_cache = sessions
+    return UpstreamTls(context, name, name, settings.mode, sessions)
 
 
-def build_client_context(settings: TlsSettings, key_prefix: str = "") -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def build_client_context(settings: TlsSettings, key_prefix: str = "") -> UpstreamSSLContext:
+    context = UpstreamSSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.sslobject_class = MeteredSSLObject
     versions = settings.tls_versions
     cipher = settings.cipher

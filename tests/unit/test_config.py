@@ -191,6 +191,12 @@ VALID: list[ValidCase] = [
     ("idle false", "idle_timeout: false", lambda r: r.idle_timeout, None),
     # max_connections
     ("max_connections 1", "max_connections: 1", lambda r: r.max_connections, 1),
+    # TLS session resumption
+    ("resumption default on", "upstream: db:3306", lambda r: (r.tls.session_resumption, r.tls.session_cache_size),
+     (True, 64)),
+    ("resumption off", "tls_session_resumption: false", lambda r: r.tls.session_resumption, False),
+    ("resumption 'off'", "tls_session_resumption: 'off'", lambda r: r.tls.session_resumption, False),
+    ("session cache size", "tls_session_cache_size: 8", lambda r: r.tls.session_cache_size, 8),
     # unix sockets and their mode
     ("unix socket default mode", "listen: /run/t.sock", lambda r: r.listen, UnixAddress(Path("/run/t.sock"), 0o660)),
     ("unix: prefix", "listen: unix:/run/t.sock", lambda r: r.listen, UnixAddress(Path("/run/t.sock"), 0o660)),
@@ -297,6 +303,10 @@ INVALID: list[InvalidCase] = [
     ("idle true", one_route(idle_timeout=True), "routes[0].idle_timeout", "(0 or off to disable)"),
     # max_connections
     ("max_connections 0", one_route(max_connections=0), "routes[0].max_connections", "a whole number of at least 1"),
+    ("resumption word", one_route(tls_session_resumption="maybe"), "routes[0].tls_session_resumption",
+     "expected true or false"),
+    ("session cache 0", one_route(tls_session_cache_size=0), "routes[0].tls_session_cache_size", "at least 1"),
+    ("session cache text", one_route(tls_session_cache_size="8"), "routes[0].tls_session_cache_size", "whole number"),
     ("max_connections negative", one_route(max_connections=-1), "routes[0].max_connections", "at least 1"),
     ("max_connections string", one_route(max_connections="100"), "routes[0].max_connections", "whole number"),
     ("max_connections float", one_route(max_connections=2.5), "routes[0].max_connections", "whole number"),
