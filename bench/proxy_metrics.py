@@ -18,11 +18,11 @@ from typing import Any, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.env import BenchEnv
-from bench.model import SCENARIO_BY_NAME, RunSize
+from bench.env import FULL_HANDSHAKE_ROUTE, HANDSHAKE_ROUTES, BenchEnv, Endpoint
+from bench.model import RunSize
 from bench.sysbench import run_sysbench
 
-ROUTE = "proxy_tls_tcp"
+ROUTE = FULL_HANDSHAKE_ROUTE  # resumption off: the independent process does full handshakes too
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,7 +56,7 @@ def independent_handshake_cpu(env: BenchEnv, count: int) -> float:
 
 def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None],
         external: dict[str, Any] | None) -> dict[str, Any]:
-    scenario = SCENARIO_BY_NAME[ROUTE]
+    endpoint = Endpoint("127.0.0.1", env.ports[ROUTE])
     count = max(50, size.handshakes)
     rounds: list[dict[str, float]] = []
     totals = {"metric_cpu_s": 0.0, "handshakes": 0.0}
@@ -64,7 +64,7 @@ def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None],
     for _ in range(max(1, size.repetitions)):
         independent = independent_handshake_cpu(env, count)
         before = scrape(env)
-        run_sysbench("connect_select1", env.endpoint(scenario), client_tls=False, threads=1, seconds=0,
+        run_sysbench("connect_select1", endpoint, client_tls=False, threads=1, seconds=0,
                      events=count, workdir=env.workdir)
         after = scrape(env)
         handshakes = _delta(before, after, "tlsproxy_tls_handshake_cpu_seconds_count", route=ROUTE, resumed="no")
@@ -80,6 +80,7 @@ def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None],
                        "ratio": cpu / handshakes / independent, "handshakes": handshakes})
         progress(f"proxy metrics round {len(rounds)}: handshake CPU {rounds[-1]['metric_cpu_us']:.0f} us (metric) vs "
                  f"{rounds[-1]['independent_cpu_us']:.0f} us (independent)")
+    comparison_resumption = resumption_cpu(env, count, max(1, size.repetitions), progress)
     metric_mean = totals["metric_cpu_s"] / totals["handshakes"] * 1e6
     independent_mean = statistics.mean(r["independent_cpu_us"] for r in rounds)
     phases = {phase: (sums[0] / sums[1] * 1e3 if sums[1] else float("nan")) for phase, sums in phase_sums.items()}
@@ -99,6 +100,37 @@ def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None],
         comparison["external"] = {"what": "bench/handshake.py, TLSv1.3 full, median (in-process, blocking)",
                                   "tls_handshake_latency_ms": variant["latency_ms"]["median"]}
         comparison["difference"]["latency_percent"] = (phases["tls"] / variant["latency_ms"]["median"] - 1) * 100
+    comparison["resumption"] = comparison_resumption
     progress(f"proxy metrics: handshake CPU {metric_mean:.0f} us (metric) vs {independent_mean:.0f} us "
              f"(independent), {comparison['difference']['cpu_percent']:+.1f}%")
     return comparison
+
+
+def resumption_cpu(env: BenchEnv, count: int, repetitions: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The proxy's upstream TLS handshake CPU (its own metric), full against resumed, per TLS version:
+    connect-per-request through a route with session resumption off and one with it on, interleaved."""
+    sums = {route: [0.0, 0.0] for route in HANDSHAKE_ROUTES}
+    for _ in range(repetitions):
+        for route, (_, resumption) in HANDSHAKE_ROUTES.items():
+            before = scrape(env)
+            run_sysbench("connect_select1", Endpoint("127.0.0.1", env.ports[route]), client_tls=False, threads=1,
+                         seconds=0, events=count, workdir=env.workdir)
+            after = scrape(env)
+            label = "yes" if resumption else "no"
+            sums[route][0] += _delta(before, after, "tlsproxy_tls_handshake_cpu_seconds_sum", route=route, resumed=label)
+            sums[route][1] += _delta(before, after, "tlsproxy_tls_handshake_cpu_seconds_count", route=route,
+                                     resumed=label)
+    result: dict[str, Any] = {}
+    for version in ("TLSv1.3", "TLSv1.2"):
+        per = {}
+        for route, (route_version, resumption) in HANDSHAKE_ROUTES.items():
+            if route_version == version:
+                cpu, handshakes = sums[route]
+                per["resumed" if resumption else "full"] = {
+                    "cpu_us": cpu / handshakes * 1e6 if handshakes else float("nan"), "handshakes": int(handshakes)}
+        per["ratio"] = per["resumed"]["cpu_us"] / per["full"]["cpu_us"]
+        result[version] = per
+        progress(f"proxy handshake CPU {version}: full {per['full']['cpu_us']:.0f} us, resumed "
+                 f"{per['resumed']['cpu_us']:.0f} us ({per['ratio']:.2f}x; {per['resumed']['handshakes']} of "
+                 f"{count * repetitions} connections resumed)")
+    return result

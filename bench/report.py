@@ -306,7 +306,8 @@ class Report:
         difference = data.get("difference", {})
         phases = metric.get("phase_latency_ms_mean", {})
         lines += [f"Scraped from `/metrics` around {fmt(data.get('handshakes_counted'))} connect-per-request "
-                  f"connections through `proxy_tls_tcp`, in rounds interleaved with the independent measurement. "
+                  f"connections through `proxy_tls_tcp_full` (TLS 1.3, session resumption off), in rounds "
+                  f"interleaved with the independent measurement. "
                   f"CPU: {independent.get('what', 'not measured')}. Latency: {external.get('what', 'not measured')}.",
                   ""]
         rows = [
@@ -323,6 +324,18 @@ class Report:
                 + f". Median round ratio {fmt_ratio(difference.get('cpu_median_round_ratio', float('nan')))}."]
         lines += ["", "Handshake phases as the proxy measures them (mean ms): "
                   + ", ".join(f"{phase} {fmt(value)}" for phase, value in phases.items()), ""]
+        resumption = data.get("resumption") or {}
+        if resumption:
+            lines += ["### Upstream TLS session resumption (the proxy's metric)", "",
+                      "Connect-per-request through a route with session resumption off (full) and one with it "
+                      "on (resumed), interleaved; CPU per upstream TLS handshake from "
+                      "`tlsproxy_tls_handshake_cpu_seconds`.", ""]
+            rows = [[version, fmt(per.get("full", {}).get("cpu_us")), fmt(per.get("resumed", {}).get("cpu_us")),
+                     fmt_ratio(per.get("ratio", float("nan"))),
+                     f"{fmt(per.get('resumed', {}).get('handshakes'))} / {fmt(per.get('full', {}).get('handshakes'))}"]
+                    for version, per in resumption.items()]
+            lines += _table(["TLS version", "full (µs)", "resumed (µs)", "resumed / full",
+                             "resumed handshakes / full handshakes"], rows) + [""]
         return lines
 
     def _header(self) -> list[str]:

@@ -176,6 +176,12 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     assert scraped["independent"]["tls_handshake_cpu_us"] > 0
     assert "cpu_percent" in scraped["difference"] and scraped["rounds"]
     assert "## The proxy's own metrics vs independent measurements" in report
+    # full against resumed upstream handshakes, by the proxy's own metric
+    for version in ("TLSv1.3", "TLSv1.2"):
+        per = scraped["resumption"][version]
+        assert per["full"]["handshakes"] > 0 and per["resumed"]["handshakes"] > 0, per
+        assert 0 < per["resumed"]["cpu_us"] < per["full"]["cpu_us"], per
+    assert "### Upstream TLS session resumption" in report
     for key in ("handshake", "memory"):
         assert key in results
 
