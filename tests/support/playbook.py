@@ -97,6 +97,17 @@ class TlsEstablished:
         return "tls_established"
 
 
+@dataclass(frozen=True)
+class AdoptPrewarmed:
+    """The driver hands the machine a prewarmed upstream: its greeting and the SSLRequest it was sent."""
+
+    greeting_payload: bytes
+    ssl_request: bytes
+
+    def __repr__(self) -> str:
+        return f"adopt_prewarmed({_show(self.greeting_payload)}, {_show(self.ssl_request)})"
+
+
 class _Source:
     """`server >> data` / `client >> data` build a data step."""
 
@@ -114,7 +125,7 @@ server = _Source(ServerData)
 client = _Source(ClientData)
 tls_established = TlsEstablished()
 
-Step = Union[ServerData, ClientData, TlsEstablished]
+Step = Union[ServerData, ClientData, TlsEstablished, AdoptPrewarmed]
 
 
 @dataclass
@@ -169,6 +180,8 @@ def run_step(machine: HandshakeMachine, step: Step, chunker: Chunker = whole) ->
     effects: list[Effect] = []
     if isinstance(step, TlsEstablished):
         effects += machine.tls_established()
+    elif isinstance(step, AdoptPrewarmed):
+        effects += machine.adopt_prewarmed_upstream(step.greeting_payload, step.ssl_request)
     else:
         receive = machine.receive_server_data if isinstance(step, ServerData) else machine.receive_client_data
         for piece in chunker(step.data):
@@ -216,7 +229,7 @@ class Playbook:
                 raise TypeError(f"`>> {self._pending_source!r} >>` needs bytes, got {step!r}")
             step = self._pending_source >> bytes(step)
             self._pending_source = None
-        if not isinstance(step, (ServerData, ClientData, TlsEstablished)):
+        if not isinstance(step, (ServerData, ClientData, TlsEstablished, AdoptPrewarmed)):
             raise TypeError(f"not a step: {step!r}")
         self.expected.append(step)
         return self
@@ -233,7 +246,7 @@ class Playbook:
         i = self._executed
         while i < len(expected):
             step = expected[i]
-            if not isinstance(step, (ServerData, ClientData, TlsEstablished)):
+            if not isinstance(step, (ServerData, ClientData, TlsEstablished, AdoptPrewarmed)):
                 self._fail(f"expected effect {_show_effect(step)} but no step produced it")
             i += 1
             self.actual.append(step)

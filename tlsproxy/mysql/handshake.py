@@ -50,6 +50,7 @@ from tlsproxy.mysql.constants import (
     PacketHeader,
 )
 from tlsproxy.mysql.messages import (
+    AuthSwitchRequest,
     ErrPacket,
     HandshakeResponse,
     InitialHandshake,
@@ -92,13 +93,21 @@ class StartRelay:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceUpstream:
+    """The prewarmed upstream connection does not fit this client (its SSLRequest differed): close it and
+    connect a fresh one; the machine then expects that connection's greeting."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class CloseConnection:
     """Close both legs once what was sent is flushed."""
 
     reason: str
 
 
-Effect = Union[SendToClient, SendToServer, StartUpstreamTls, StartRelay, CloseConnection]
+Effect = Union[SendToClient, SendToServer, StartUpstreamTls, StartRelay, ReplaceUpstream, CloseConnection]
 
 
 class AuthKey(Protocol):
@@ -117,6 +126,8 @@ class State(enum.Enum):
     CLIENT_RESPONSE = "client_response"
     TLS_PENDING = "tls_pending"
     AUTH = "auth"
+    REPLACING = "replacing_upstream"  # a prewarmed upstream did not fit: waiting for a fresh one's greeting
+    REAUTH = "reauth"  # the client answers the AuthSwitchRequest that carries the fresh nonce
     RELAY = "relay"
     CHANGE_USER = "change_user"
     CLOSED = "closed"
@@ -156,6 +167,8 @@ class HandshakeMachine:
         self.greeting: InitialHandshake | None = None
         self.client_response: HandshakeResponse | None = None
         self._client_response_payload = b""
+        self.ssl_request = b""
+        """The SSLRequest payload this client's upstream connection needs (learned by the prewarm pool)."""
         self._client_protocol_41: bool | None = None
         self._sent_in_call = 0
         self._nonce = b""
@@ -166,6 +179,13 @@ class HandshakeMachine:
         self._relay_tail = b""
         self._change_user_pending_client = b""
         self._client_sent_quit = False
+        self._warm_ssl_request: bytes | None = None
+        self._replacement_ssl_request = b""
+        self._reauth = False
+        self.prewarmed = False
+        """The upstream was a prewarmed connection (greeting, SSLRequest and TLS done before the client came)."""
+        self.prewarm_mismatch = False
+        """... whose SSLRequest differed from this client's, so a fresh upstream replaced it."""
 
     # ---- public API ----------------------------------------------------------------------------
 
@@ -197,10 +217,27 @@ class HandshakeMachine:
             raise ClientProtocolError("client sent data before the server answered its handshake response")
         return self._guarded(lambda: self._feed_client(data), ClientProtocolError, "client")
 
+    def adopt_prewarmed_upstream(self, greeting_payload: bytes, ssl_request: bytes) -> list[Effect]:
+        """Start with an upstream connection that already sent `greeting_payload` (seq 0), received the
+        SSLRequest `ssl_request` (seq 1) and finished TLS. Its greeting goes to the client; if the
+        client's own SSLRequest prefix is the same, its HandshakeResponse follows on that connection,
+        else the machine asks for a fresh upstream (`ReplaceUpstream`) and has the client answer that
+        one's nonce through an AuthSwitchRequest (PROTOCOL.md §3.2: capabilities and charset come from
+        the SSLRequest, so a prefix that differs cannot be used on the prewarmed connection)."""
+        if self.state is not State.GREETING or not self.upstream_tls:
+            raise RuntimeError(f"adopt_prewarmed_upstream in state {self.state}")
+        self.prewarmed = True
+        self._warm_ssl_request = ssl_request
+        return self._guarded(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
+
     def tls_established(self) -> list[Effect]:
         if self.state is not State.TLS_PENDING:
             raise RuntimeError(f"tls_established in state {self.state}")
         self.state = State.AUTH
+        if self._reauth:
+            self._reauth = False
+            self.state = State.REAUTH
+            return self._guarded(self._send_reauth_switch, ClientProtocolError, "client")
         return self._guarded(
             lambda: self._send_client_response_upstream() + self._drain_client_frames(), ClientProtocolError, "client",
         )
@@ -223,7 +260,7 @@ class HandshakeMachine:
     def _feed_server(self, data: bytes) -> list[Effect]:
         self._server_frames.feed(data)
         effects: list[Effect] = []
-        while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER):
+        while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.REPLACING):
             frame = self._server_frames.next_frame()
             if frame is None:
                 break
@@ -279,6 +316,8 @@ class HandshakeMachine:
     def _on_server_frame(self, frame: Frame) -> list[Effect]:
         if self.state is State.GREETING:
             return self._on_greeting(frame)
+        if self.state is State.REPLACING:
+            return self._on_replacement_greeting(frame)
         if self.state is State.CLIENT_RESPONSE:
             raise ServerProtocolError("upstream sent a packet before the client answered its greeting")
         self._check_sequence(frame, self._server_seq, ServerProtocolError, "upstream")
@@ -292,15 +331,7 @@ class HandshakeMachine:
             # pre-greeting format; pass them on as they are.
             self.state = State.CLOSED
             return [SendToClient(frame.restamped(0).encode()), CloseConnection("upstream refused with an ERR greeting")]
-        if frame.sequence_id != 0:
-            raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
-        greeting = parse_initial_handshake(payload)
-        if not greeting.capability_flags & Capability.PROTOCOL_41:
-            raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
-        if self.upstream_tls and not greeting.capability_flags & Capability.SSL:
-            raise UpstreamTlsUnsupportedError(
-                "upstream does not offer TLS; refusing to send credentials in plaintext",
-            )
+        greeting = self._checked_greeting(frame)
         self.greeting = greeting
         self._nonce = greeting.nonce
         self.auth_plugin = greeting.auth_plugin_name
@@ -310,6 +341,53 @@ class HandshakeMachine:
         self._client_seq = 1
         self._server_seq = 1
         return [SendToClient(encode_frame(0, patched))]
+
+    def _on_replacement_greeting(self, frame: Frame) -> list[Effect]:
+        """The fresh upstream that replaces a prewarmed one greeted: upgrade it with this client's own
+        SSLRequest. Its nonce reaches the client in an AuthSwitchRequest once TLS is up."""
+        if frame.payload[:1] == bytes((PacketHeader.ERR,)):
+            self.state = State.CLOSED
+            return [self._to_client(frame.payload), CloseConnection("upstream refused with an ERR greeting")]
+        greeting = self._checked_greeting(frame)
+        self.greeting = greeting
+        self._nonce = greeting.nonce
+        self._server_seq = 2
+        self._reauth = True
+        self.state = State.TLS_PENDING
+        return [SendToServer(encode_frame(1, self._replacement_ssl_request)), StartUpstreamTls()]
+
+    def _send_reauth_switch(self) -> list[Effect]:
+        assert self.client_response is not None and self.greeting is not None
+        plugin = self.client_response.auth_plugin_name or self.greeting.auth_plugin_name
+        self.auth_plugin = plugin
+        switch = AuthSwitchRequest(plugin, self._nonce + b"\x00")
+        return [self._to_client(switch.encode_payload())]
+
+    def _on_reauth_reply(self, payload: bytes) -> list[Effect]:
+        """The client's auth data for the fresh nonce replaces the one in its HandshakeResponse, which
+        then goes to the fresh upstream as usual (seq 2)."""
+        assert self.client_response is not None
+        try:
+            patched = replace_auth_response(self._client_response_payload, self.client_response, payload)
+        except ValueError:
+            raise AuthEmulationError("the client's auth data is too long for its handshake format") from None
+        self.client_response = parse_handshake_response(patched)
+        self._client_response_payload = patched
+        self.state = State.AUTH
+        return self._send_client_response_upstream()
+
+    def _checked_greeting(self, frame: Frame) -> InitialHandshake:
+        payload = frame.payload
+        if frame.sequence_id != 0:
+            raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
+        greeting = parse_initial_handshake(payload)
+        if not greeting.capability_flags & Capability.PROTOCOL_41:
+            raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
+        if self.upstream_tls and not greeting.capability_flags & Capability.SSL:
+            raise UpstreamTlsUnsupportedError(
+                "upstream does not offer TLS; refusing to send credentials in plaintext",
+            )
+        return greeting
 
     def _on_server_auth_packet(self, payload: bytes) -> list[Effect]:
         head = payload[0] if payload else None
@@ -359,7 +437,7 @@ class HandshakeMachine:
 
     def _drain_client_frames(self) -> list[Effect]:
         effects: list[Effect] = []
-        while self.state in (State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.GREETING):
+        while self.state in (State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.GREETING, State.REAUTH):
             if self.state is State.GREETING:
                 if len(self._client_frames):
                     raise ClientProtocolError("client sent data before the server greeting")
@@ -371,6 +449,8 @@ class HandshakeMachine:
             self._client_seq += 1
             if self.state is State.CLIENT_RESPONSE:
                 effects += self._on_client_response(frame.payload)
+            elif self.state is State.REAUTH:
+                effects += self._on_reauth_reply(frame.payload)
             else:
                 effects += self._on_client_auth_packet(frame.payload)
         return effects
@@ -400,10 +480,29 @@ class HandshakeMachine:
             return self._send_client_response_upstream()
         if len(self._server_frames):
             raise ServerProtocolError("upstream sent unexpected data after its greeting")
-        self.state = State.TLS_PENDING
         ssl_request = ssl_request_from_response(patched, clear)
+        self.ssl_request = ssl_request
+        if self._warm_ssl_request is not None:
+            if ssl_request == self._warm_ssl_request:
+                self.state = State.AUTH  # TLS is up already
+                return self._send_client_response_upstream()
+            return self._replace_prewarmed_upstream(response, ssl_request)
+        self.state = State.TLS_PENDING
         self._server_seq = 2
         return [SendToServer(encode_frame(1, ssl_request)), StartUpstreamTls()]
+
+    def _replace_prewarmed_upstream(self, response: HandshakeResponse, ssl_request: bytes) -> list[Effect]:
+        if not response.capability_flags & Capability.PLUGIN_AUTH:
+            raise ClientCapabilityError(
+                "this client's capabilities differ from the prewarmed upstream connection's, and it cannot "
+                "answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set prewarm: 0 on this route",
+            )
+        self.prewarm_mismatch = True
+        self._warm_ssl_request = None
+        self._replacement_ssl_request = ssl_request
+        self._server_frames = FrameBuffer(self._max_packet)
+        self.state = State.REPLACING
+        return [ReplaceUpstream("the client's SSLRequest differs from the prewarmed connection's")]
 
     def _send_client_response_upstream(self) -> list[Effect]:
         """Forward the client's HandshakeResponse: seq 2 after an SSLRequest, 1 without TLS."""
