@@ -44,6 +44,8 @@ ROUTE_FLAGS = {
     "max_connections": "max_connections",
     "tls_session_resumption": "tls_session_resumption",
     "tls_session_cache_size": "tls_session_cache_size",
+    "prewarm": "prewarm",
+    "prewarm_max_age": "prewarm_max_age",
 }
 TOP_FLAGS = {
     "auth_rsa_key": "auth_rsa_key",
@@ -80,6 +82,10 @@ def _proxy_options() -> argparse.ArgumentParser:
                        help="resume upstream TLS sessions (default on)")
     group.add_argument("--tls-session-cache-size", type=int,
                        help="resumable upstream TLS sessions kept per route (default 64)")
+    group.add_argument("--prewarm", type=int, metavar="N",
+                       help="keep N upstream connections ready (TCP, greeting, TLS done) for the next clients "
+                            "(default 0: off)")
+    group.add_argument("--prewarm-max-age", help="hand out a prewarmed connection only this young, seconds (default 5)")
     group.add_argument("--connect-timeout", help="upstream TCP connect timeout, seconds (default 10)")
     group.add_argument("--connect-retry-window",
                        help="retry a refused/unreachable upstream with backoff for this long (default 5; 0: off)")
@@ -142,7 +148,7 @@ def _apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             value: Any = environ[name]
             if dest == "config":
                 value = Path(value)
-            elif dest in ("max_connections", "tls_session_cache_size"):
+            elif dest in ("max_connections", "tls_session_cache_size", "prewarm"):
                 if not value.strip().isdigit():
                     raise ConfigError(name, f"expected a whole number, got {value!r}")
                 value = int(value)

@@ -104,6 +104,9 @@ class Route:
     handshake_timeout: float = 30.0
     idle_timeout: float | None = None
     max_connections: int = 1000
+    prewarm: int = 0
+    """Upstream connections kept ready (TCP, greeting, SSLRequest, TLS done); 0: off (tlsproxy/prewarm.py)."""
+    prewarm_max_age: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ _ROUTE_KEYS = {
     "name", "listen", "unix_socket_mode", "upstream", "ssl_mode", "ssl_ca", "ssl_capath", "ssl_system_trust",
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
     "allow_legacy_tls", "connect_timeout", "connect_retry_window", "handshake_timeout", "idle_timeout",
-    "max_connections", "tls_session_resumption", "tls_session_cache_size",
+    "max_connections", "tls_session_resumption", "tls_session_cache_size", "prewarm", "prewarm_max_age",
 }
 _TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
              "shutdown_grace", "tls_files_check_interval"}
@@ -289,6 +292,16 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         if raw.get(text_key) is not None and not isinstance(raw.get(text_key), str):
             raise ConfigError(f"{key}.{text_key}", "expected a string")
     max_connections = _whole_number(raw.get("max_connections", 1000), f"{key}.max_connections")
+    prewarm = raw.get("prewarm", 0)
+    if isinstance(prewarm, bool) or not isinstance(prewarm, int) or not 0 <= prewarm <= 1000:
+        raise ConfigError(f"{key}.prewarm", "expected a whole number from 0 (off) to 1000")
+    if prewarm and mode is SslMode.DISABLED:
+        raise ConfigError(f"{key}.prewarm", "prewarming prepares TLS connections; it needs an ssl_mode other than DISABLED")
+    prewarm_max_age = _duration(raw.get("prewarm_max_age", 5), f"{key}.prewarm_max_age")
+    assert prewarm_max_age is not None
+    if prewarm_max_age > 9:
+        raise ConfigError(f"{key}.prewarm_max_age", "at most 9 s: servers drop a connection that has not logged "
+                                                    "in within connect_timeout (10 s by default)")
     return Route(
         name=name,
         listen=listen,
@@ -300,6 +313,8 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         handshake_timeout=_duration(raw.get("handshake_timeout", 30), f"{key}.handshake_timeout"),  # type: ignore[arg-type]
         idle_timeout=_duration(raw.get("idle_timeout"), f"{key}.idle_timeout", allow_off=True),
         max_connections=max_connections,
+        prewarm=prewarm,
+        prewarm_max_age=prewarm_max_age,
     )
 
 

@@ -94,6 +94,12 @@ class ProxyMetrics:
         self.tls_sessions_cached = Gauge(
             "tlsproxy_tls_sessions_cached", "Resumable upstream TLS sessions held now (0 with resumption off)",
             ["route"], registry=r)
+        self.prewarm_connections = Counter(
+            "tlsproxy_prewarm_connections", "Prewarmed upstream connections by what became of them: handed_out, "
+            "expired (past prewarm_max_age), mismatch (the client's SSLRequest differed), failed, closed_by_server",
+            ["route", "outcome"], registry=r)
+        self.prewarm_ready = Gauge(
+            "tlsproxy_prewarm_ready", "Prewarmed upstream connections ready now", ["route"], registry=r)
         self.auth_plugins = Counter(
             "tlsproxy_authentications", "Successful authentications by the auth plugin the server used last",
             ["route", "plugin"], registry=r)

@@ -13,6 +13,7 @@ from tlsproxy.config import ConfigError, ProxyConfig, Route, SslMode, TcpAddress
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
+from tlsproxy.prewarm import PrewarmPool
 from tlsproxy.session import ClientSide, RouteRuntime, Session
 from tlsproxy.tls import build_upstream_tls
 
@@ -139,7 +140,8 @@ class TlsFileWatch:
 def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
                   metrics: ProxyMetrics | None = None) -> RouteRuntime:
     upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
-    return RouteRuntime(route, upstream_tls, auth_key, metrics)
+    prewarm = PrewarmPool(route, upstream_tls, metrics) if route.prewarm and upstream_tls is not None else None
+    return RouteRuntime(route, upstream_tls, auth_key, metrics, prewarm)
 
 
 class Proxy:
@@ -158,6 +160,8 @@ class Proxy:
                 lambda listener=listener: len(listener.sessions))
             self.metrics.tls_sessions_cached.labels(listener.route.name).set_function(
                 lambda listener=listener: listener.cached_tls_sessions())
+            self.metrics.prewarm_ready.labels(listener.route.name).set_function(
+                lambda listener=listener: len(listener.runtime.prewarm) if listener.runtime.prewarm else 0)
         self.metrics.add_relayed_bytes_source(self._relayed_bytes)
         self._draining = False
 
@@ -197,7 +201,12 @@ class Proxy:
             self.metrics.config_reloads.labels("error").inc()
             return False
         for listener, runtime in zip(self.listeners, runtimes):
+            old = listener.runtime.prewarm
             listener.runtime = runtime
+            if old is not None:
+                old.close()  # connections verified under the old settings
+                if runtime.prewarm is not None and old.learned_ssl_request is not None:
+                    runtime.prewarm.learn(old.learned_ssl_request)
         log.info("TLS reload (%s): new connections use the new TLS contexts", why)
         self.metrics.config_reloads.labels("ok").inc()
         return True
@@ -224,6 +233,8 @@ class Proxy:
             self._watch_task.cancel()
         for listener in self.listeners:
             listener.stop_accepting()
+            if listener.runtime.prewarm is not None:
+                listener.runtime.prewarm.close()
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self.active_connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

@@ -30,11 +30,13 @@ from tlsproxy.mysql.handshake import (
     CloseConnection,
     Effect,
     HandshakeMachine,
+    ReplaceUpstream,
     SendToClient,
     SendToServer,
     StartRelay,
     StartUpstreamTls,
 )
+from tlsproxy.prewarm import PrewarmPool, WarmUpstream
 from tlsproxy.tls import UpstreamTls, describe_tls_failure
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class ConnectionStats:
     tls_version: str | None = None
     tls_cipher: str | None = None
     tls_resumed: bool | None = None
+    prewarmed: bool = False
     tls_handshake_cpu_seconds: float | None = None
     certificate_not_after: float | None = None
     bytes_client_to_server: int = 0
@@ -73,6 +76,7 @@ class RouteRuntime:
     upstream_tls: UpstreamTls | None
     auth_key: AuthKey | None
     metrics: ProxyMetrics | None = None
+    prewarm: PrewarmPool | None = None
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -116,6 +120,7 @@ class Session:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._phase_start = self.stats.accepted_at
         self._refused = False
+        self._replacing: asyncio.Task[None] | None = None
         self.client_address = "-"
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -137,7 +142,11 @@ class Session:
         route = self.route
         try:
             async with asyncio.timeout(route.handshake_timeout):
-                await self._connect_upstream()
+                warm = self.runtime.prewarm.take() if self.runtime.prewarm is not None else None
+                if warm is not None:
+                    self._adopt_prewarmed(warm)
+                else:
+                    await self._connect_upstream()
                 await self._relay_started.wait()
         except TimeoutError:
             self.fail(HandshakeTimeoutError(
@@ -185,6 +194,35 @@ class Session:
         self.stats.connect_seconds = time.monotonic() - started
         self._phase_start = time.monotonic()
 
+    def _adopt_prewarmed(self, warm: WarmUpstream) -> None:
+        """Take over a prewarmed upstream: TCP, greeting, SSLRequest and TLS are done."""
+        if warm.expiry is not None:
+            warm.expiry.cancel()
+        self.upstream = warm.transport
+        warm.transport.set_protocol(self._upstream_protocol)
+        self.stats.prewarmed = True
+        self.stats.connect_seconds = 0.0
+        self._note_tls(warm.transport)
+        self._phase_start = time.monotonic()
+        self._run_machine(lambda: self.machine.adopt_prewarmed_upstream(warm.greeting_payload, warm.ssl_request))
+
+    def _replace_upstream(self) -> None:
+        """The prewarmed upstream did not fit this client: drop it, connect a fresh one."""
+        if self.runtime.prewarm is not None:
+            self.runtime.prewarm.count_mismatch()
+        if self.upstream is not None:
+            self.upstream.set_protocol(asyncio.Protocol())
+            self.upstream.abort()
+        self.upstream = None
+        self._upstream_protocol = _UpstreamSide(self)
+        self._replacing = self._loop.create_task(self._connect_replacement())
+
+    async def _connect_replacement(self) -> None:
+        try:
+            await self._connect_upstream()
+        except TlsProxyError as error:
+            self.fail(error)
+
     def _upstream_connected(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
         _set_nodelay(transport)
@@ -210,6 +248,8 @@ class Session:
                 self._loop.create_task(self._start_tls())
             elif isinstance(effect, StartRelay):
                 self._start_relay()
+            elif isinstance(effect, ReplaceUpstream):
+                self._replace_upstream()
             elif isinstance(effect, CloseConnection):
                 self.close(effect.reason, outcome="auth_denied" if "denied" in effect.reason else "upstream_error")
 
@@ -236,6 +276,10 @@ class Session:
         self.upstream = transport
         self.stats.tls_seconds = time.monotonic() - started
         self._phase_start = time.monotonic()
+        self._note_tls(transport)
+        self._run_machine(self.machine.tls_established)
+
+    def _note_tls(self, transport: asyncio.Transport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.stats.tls_version = ssl_object.version()
@@ -246,7 +290,6 @@ class Session:
             peer = ssl_object.getpeercert()  # empty unless verified (REQUIRED mode)
             if peer and "notAfter" in peer:
                 self.stats.certificate_not_after = ssl.cert_time_to_seconds(peer["notAfter"])
-        self._run_machine(self.machine.tls_established)
 
     def _keep_tls_session(self) -> None:
         """Offer this connection's TLS session to the next ones. Taken once authentication is done: by
@@ -261,6 +304,8 @@ class Session:
 
     def _start_relay(self) -> None:
         self._keep_tls_session()
+        if self.runtime.prewarm is not None and self.machine.ssl_request:
+            self.runtime.prewarm.learn(self.machine.ssl_request)
         self._relaying = True
         self.stats.auth_seconds = time.monotonic() - self._phase_start
         self.stats.auth_plugin = self.machine.auth_plugin
@@ -406,8 +451,9 @@ class Session:
         for transport in (self.client, self.upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
-        if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
-            self._task.cancel()
+        for task in (self._task, self._replacing):
+            if task is not None and not task.done() and asyncio.current_task() is not task:
+                task.cancel()
         self._log_end()
         if self.runtime.metrics is not None:
             self._record_end(self.runtime.metrics)
@@ -457,7 +503,7 @@ class Session:
             "conn": self.conn_id, "route": self.route.name, "client": self.client_address,
             "upstream": str(self.route.upstream), "outcome": stats.outcome, "closed_by": stats.closed_by,
             "tls": "off" if self.runtime.upstream_tls is None else stats.tls_version, "cipher": stats.tls_cipher,
-            "resumed": stats.tls_resumed, "auth": stats.auth_plugin or None,
+            "resumed": stats.tls_resumed, "prewarmed": stats.prewarmed, "auth": stats.auth_plugin or None,
             "connect_ms": ms(stats.connect_seconds), "greeting_ms": ms(stats.greeting_seconds),
             "tls_ms": ms(stats.tls_seconds), "auth_ms": ms(stats.auth_seconds),
             "duration_ms": ms(time.monotonic() - stats.accepted_at),
