@@ -37,7 +37,7 @@ _SERVING = re.compile(r"worker (\d+) \(pid (\d+)\) serving")
 
 def _args(mariadb: MariaDBServer, pki: TestPki, *extra: str) -> list[str]:
     return ["--workers", "2", "--listen", "127.0.0.1:0", "--upstream", f"localhost:{mariadb.port}",
-            "--ssl-ca", str(pki.ca), *extra]
+            "--ssl-ca", str(pki.ca), *(extra or ("--shutdown-grace", "3"))]
 
 
 def connect(port: int | None = None, *, unix_socket: str | None = None, **extra) -> pymysql.Connection:
@@ -222,7 +222,7 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(mariadb: MariaDBSe
 def test_workers_share_one_unix_socket(mariadb: MariaDBServer, pki: TestPki, tmp_path: Path) -> None:
     path = tmp_path / "proxy.sock"
     args = ["--workers", "2", "--listen", str(path), "--unix-socket-mode", "0600",
-            "--upstream", f"localhost:{mariadb.port}", "--ssl-ca", str(pki.ca)]
+            "--upstream", f"localhost:{mariadb.port}", "--ssl-ca", str(pki.ca), "--shutdown-grace", "5"]
     with running(args) as cli:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         held = [connect(unix_socket=str(path)) for _ in range(6)]  # both workers wait on the socket
@@ -234,8 +234,19 @@ def test_workers_share_one_unix_socket(mariadb: MariaDBServer, pki: TestPki, tmp
         per_worker = served_by_worker(cli, 30)
         assert sum(per_worker.values()) == 30 and set(per_worker) == {0, 1}, per_worker
         assert metric(scrape(cli), 'tlsproxy_connections_accepted_total{route="default"}') == 30
-        assert cli.stop() == 0
-        assert not path.exists()
+        held = connect(unix_socket=str(path), autocommit=False)
+        assert cli.process is not None
+        cli.process.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: not path.exists(), 5), "the socket file goes as the drain begins"
+        with pytest.raises(OSError):
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(2)
+                probe.connect(str(path))
+        with held.cursor() as cursor:
+            cursor.execute("SELECT 2")
+            assert cursor.fetchone() == (2,)
+        held.close()
+        assert cli.process.wait(15) == 0
 
 
 def test_one_worker_spawns_nothing(mariadb: MariaDBServer, pki: TestPki) -> None:
