@@ -135,6 +135,8 @@ class _Worker:
     started_at: float = 0.0
     restart_delay: float = RESTART_DELAY_SECONDS[0]
     last_metrics: str = ""
+    serving: bool = False
+    """Started and answering (its /startup said 200)."""
 
     @property
     def running(self) -> bool:
@@ -235,6 +237,7 @@ class Supervisor:
             [sys.executable, "-c", "from tlsproxy.workers import worker_main; raise SystemExit(worker_main())"],
             stdin=subprocess.PIPE, pass_fds=tuple(spec.unix_fds.values()), start_new_session=True)
         worker.started_at = time.monotonic()
+        worker.serving = False
         payload = pickle.dumps(spec)
         assert worker.process.stdin is not None
         worker.process.stdin.write(struct.pack("!I", len(payload)) + payload)
@@ -248,6 +251,7 @@ class Supervisor:
                 return False
             answer = await self._get(worker, "/startup")
             if answer is not None and answer[0] == 200:
+                worker.serving = True
                 log.info("worker %d (pid %d) serving", worker.index, worker.process.pid)  # type: ignore[union-attr]
                 return True
             await asyncio.sleep(0.05)
@@ -327,6 +331,8 @@ class Supervisor:
         for worker, answer in zip(self.workers, answers):
             if not worker.running:
                 problems.append(f"worker {worker.index}: not running")
+            elif not worker.serving:
+                problems.append(f"worker {worker.index}: starting")
             elif answer is None:
                 problems.append(f"worker {worker.index}: no answer")
             elif answer[0] != 200:
@@ -542,4 +548,9 @@ async def _serve_worker(spec: WorkerSpec) -> int:
     await drain.wait()
     await shut_down(proxy, spec.config.shutdown_grace, abort=abort)
     await admin.close()
+    _remove_socket_file(Path(spec.admin_path))
+    try:  # the last one out, if the supervisor could not (it was killed)
+        os.rmdir(Path(spec.admin_path).parent)
+    except OSError:
+        pass
     return 0
