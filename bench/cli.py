@@ -39,7 +39,7 @@ def machine_info() -> dict[str, Any]:
             "kernel": platform.release(), "platform": platform.platform()}
 
 
-def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop") -> dict[str, Any]:
+def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: int = 1) -> dict[str, Any]:
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -48,9 +48,9 @@ def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop") -> dict[s
 
     progress(f"bench {size.name}: starting MariaDB with TLS, tlsproxy and socat")
     results: dict[str, Any] = {"size": size.name, "run_size": size.__dict__, "started": started,
-                               "machine": machine_info(), "event_loop": event_loop,
+                               "machine": machine_info(), "event_loop": event_loop, "workers": workers,
                                "scenarios": [s.__dict__ for s in model.SCENARIOS]}
-    with BenchEnv.create(event_loop=event_loop) as env:
+    with BenchEnv.create(event_loop=event_loop, workers=workers) as env:
         assert env.server is not None
         results["versions"] = env.versions()
         prepare_tables(env.endpoint(model.SCENARIO_BY_NAME["plaintext"]), table_size=size.table_size,
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="seconds; for tests")
     run_parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date-time>/)")
     run_parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    run_parser.add_argument("--workers", type=int, default=1, help="tlsproxy's worker processes (default 1)")
     report_parser = commands.add_parser("report", help="render report.md and the plots again from DIR/results.json")
     report_parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    run(size, out, event_loop=args.event_loop)
+    run(size, out, event_loop=args.event_loop, workers=args.workers)
     return 0
 
 

@@ -70,6 +70,8 @@ class BenchEnv:
     workdir: Path
     key_type: certs.KeyType = "rsa2048"
     event_loop: str = "uvloop"
+    workers: int = 1
+    """tlsproxy's `workers` (1: one process; the CPU meter sums a process and its children)."""
     server: MariaDBServer | None = None
     ca: certs.CertificateAuthority | None = None
     proxy_process: subprocess.Popen[bytes] | None = None
@@ -81,9 +83,10 @@ class BenchEnv:
 
     @classmethod
     def create(cls, *, key_type: certs.KeyType = "rsa2048", event_loop: str = "uvloop",
-               max_connections: int = 6000) -> "BenchEnv":
+               max_connections: int = 6000, workers: int = 1) -> "BenchEnv":
         raise_open_file_limit()
-        env = cls(Path(tempfile.mkdtemp(prefix="tlsp-bench-")), key_type=key_type, event_loop=event_loop)
+        env = cls(Path(tempfile.mkdtemp(prefix="tlsp-bench-")), key_type=key_type, event_loop=event_loop,
+                  workers=workers)
         try:
             env._start(max_connections)
         except BaseException:
@@ -155,7 +158,7 @@ class BenchEnv:
         }
         self.ports["admin"] = free_port()
         lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", f"admin_listen: 127.0.0.1:{self.ports['admin']}",
-                 "shutdown_grace: 0", "routes:"]
+                 "shutdown_grace: 0", f"workers: {self.workers}", "routes:"]
         for name, (listen, mode) in routes.items():
             lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
                       f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}", "    max_connections: 20000",

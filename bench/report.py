@@ -283,7 +283,7 @@ class Report:
                         lines += [f"![{title}]({plots[plot]})", ""]
                 lines += render_generic(self.results[key], level=3)
         lines += self._proxy_metrics_section()
-        known = {"size", "run_size", "started", "finished", "machine", "event_loop", "scenarios", "versions",
+        known = {"size", "run_size", "started", "finished", "machine", "event_loop", "workers", "scenarios", "versions",
                  "samples", "handshake", "memory", "tls_matrix", "proxy_metrics"}
         for key, value in self.results.items():
             if key not in known and isinstance(value, (dict, list)):
@@ -357,6 +357,8 @@ class Report:
         facts.append(("samples", str(len(results.get("samples") or []))))
         if results.get("event_loop"):
             facts.append(("proxy event loop", str(results["event_loop"])))
+        if results.get("workers", 1) != 1:
+            facts.append(("proxy workers", str(results["workers"])))
         machine = results.get("machine") or {}
         if machine:
             facts.append(("machine", "; ".join(f"{key} {_plain(value)}" for key, value in machine.items())))

@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tlsproxy.config import TcpAddress
+from tlsproxy.config import TcpAddress, UnixAddress
 from tlsproxy.server import Proxy
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ class _UpstreamCheck:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class AdminServer:
-    def __init__(self, proxy: Proxy, address: TcpAddress, *, on_quit: Callable[[], None]) -> None:
-        self.proxy = proxy
+class AdminHttp:
+    """The HTTP side of the admin listener; subclasses say what /metrics and /readiness report."""
+
+    def __init__(self, address: TcpAddress | UnixAddress, *, on_quit: Callable[[], None]) -> None:
         self.address = address
         self.on_quit = on_quit
         self.started = False
         self._server: asyncio.AbstractServer | None = None
-        self._checks = {listener.route.name: _UpstreamCheck() for listener in proxy.listeners}
 
     @property
     def port(self) -> int:
@@ -52,6 +52,9 @@ class AdminServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
+        if isinstance(self.address, UnixAddress):  # a worker's, in the supervisor's private directory
+            self._server = await asyncio.start_unix_server(self._serve, str(self.address.path))
+            return
         self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
         log.info("admin: metrics and health on http://%s:%d/", self.address.host, self.port)
 
@@ -59,6 +62,12 @@ class AdminServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def metrics_text(self) -> bytes:
+        raise NotImplementedError
+
+    async def readiness_problems(self) -> list[str]:
+        raise NotImplementedError
 
     # ---- HTTP ------------------------------------------------------------------------------------
 
@@ -103,7 +112,7 @@ class AdminServer:
         return status, content_type, body
 
     async def _metrics(self) -> tuple[int, bytes]:
-        return 200, generate_latest(self.proxy.metrics.registry)
+        return 200, await self.metrics_text()
 
     async def _startup(self) -> tuple[int, bytes]:
         return (200, b"started\n") if self.started else (503, b"starting\n")
@@ -121,6 +130,18 @@ class AdminServer:
         if problems:
             return 503, ("not ready: " + "; ".join(problems) + "\n").encode()
         return 200, b"ready\n"
+
+
+class AdminServer(AdminHttp):
+    """The admin listener of a single proxy process (or of one worker)."""
+
+    def __init__(self, proxy: Proxy, address: TcpAddress | UnixAddress, *, on_quit: Callable[[], None]) -> None:
+        super().__init__(address, on_quit=on_quit)
+        self.proxy = proxy
+        self._checks = {listener.route.name: _UpstreamCheck() for listener in proxy.listeners}
+
+    async def metrics_text(self) -> bytes:
+        return generate_latest(self.proxy.metrics.registry)
 
     async def readiness_problems(self) -> list[str]:
         if not self.started:

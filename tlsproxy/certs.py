@@ -575,6 +575,17 @@ class AuthRsaKey:
         """Write the private key as unencrypted PKCS#8 PEM, mode 0600."""
         _write_private_file(Path(path), _private_key_pem(self._private_key))
 
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM: handed to worker processes over a pipe."""
+        return _private_key_pem(self._private_key)
+
+    @classmethod
+    def from_private_pem(cls, data: bytes) -> AuthRsaKey:
+        key = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        return cls(key)
+
     def decrypt(self, ciphertext: bytes) -> bytes | None:
         """RSA-OAEP (SHA-1, MGF1-SHA-1, empty label). None if the length or padding is wrong."""
         return self._decrypt(ciphertext, _OAEP_SHA1)

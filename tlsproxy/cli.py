@@ -56,6 +56,7 @@ TOP_FLAGS = {
     "admin_listen": "admin_listen",
     "shutdown_grace": "shutdown_grace",
     "tls_files_check_interval": "tls_files_check_interval",
+    "workers": "workers",
 }
 
 
@@ -100,6 +101,8 @@ def _proxy_options() -> argparse.ArgumentParser:
     group.add_argument("--tls-files-check-interval",
                        help="seconds between checks for changed CA/cert/key/CRL files (default 5; 0: SIGHUP only)")
     group.add_argument("--shutdown-grace", help="seconds open connections may finish after SIGTERM (default 10)")
+    group.add_argument("--workers", type=int,
+                       help="worker processes sharing the listeners, for several cores (default 1: one process)")
     group.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     group.add_argument("--log-format", choices=["text", "json"])
     group.add_argument("--allow-non-loopback", action="store_const", const=True, default=None,
@@ -148,7 +151,7 @@ def _apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             value: Any = environ[name]
             if dest == "config":
                 value = Path(value)
-            elif dest in ("max_connections", "tls_session_cache_size", "prewarm"):
+            elif dest in ("max_connections", "tls_session_cache_size", "prewarm", "workers"):
                 if not value.strip().isdigit():
                     raise ConfigError(name, f"expected a whole number, got {value!r}")
                 value = int(value)
@@ -205,10 +208,15 @@ def run_event_loop(main: Any, event_loop: str) -> Any:
 
 async def serve(config: ProxyConfig) -> int:
     """Run until SIGTERM/SIGINT or POST /quitquitquit: then stop accepting, give open connections
-    `shutdown_grace` to finish, close the rest and exit 0. A second signal closes everything at once."""
+    `shutdown_grace` to finish, close the rest and exit 0. A second signal closes everything at once.
+    With `workers` above 1 this process supervises worker processes instead (workers.py)."""
     from tlsproxy.admin import AdminServer
     from tlsproxy.server import Proxy
 
+    if config.workers > 1:
+        from tlsproxy.workers import Supervisor
+
+        return await Supervisor(config, load_auth_key(config)).run()
     proxy = Proxy(config, load_auth_key(config))
     stop = asyncio.Event()
     admin = None
@@ -225,10 +233,18 @@ async def serve(config: ProxyConfig) -> int:
     log.info("tlsproxy %s ready (%s event loop)", __version__, config.event_loop)
     await stop.wait()
     stop.clear()
-    open_count = proxy.active_connections
-    log.info("shutting down: %d connection(s) open, waiting up to %gs", open_count, config.shutdown_grace)
-    drain = asyncio.ensure_future(proxy.stop(grace_seconds=config.shutdown_grace))
-    second_signal = asyncio.ensure_future(stop.wait())
+    await shut_down(proxy, config.shutdown_grace, abort=stop)
+    if admin is not None:
+        await admin.close()
+    return 0
+
+
+async def shut_down(proxy: Any, grace: float, *, abort: asyncio.Event) -> None:
+    """Stop accepting, give open connections `grace` seconds to finish, then close the rest; `abort`
+    set meanwhile (a second signal) closes every connection at once."""
+    log.info("shutting down: %d connection(s) open, waiting up to %gs", proxy.active_connections, grace)
+    drain = asyncio.ensure_future(proxy.stop(grace_seconds=grace))
+    second_signal = asyncio.ensure_future(abort.wait())
     await asyncio.wait([drain, second_signal], return_when=asyncio.FIRST_COMPLETED)
     if not drain.done():
         log.info("second signal: closing every connection now")
@@ -237,9 +253,6 @@ async def serve(config: ProxyConfig) -> int:
                 session.abort("proxy shutting down (second signal)")
         await drain
     second_signal.cancel()
-    if admin is not None:
-        await admin.close()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,6 +123,8 @@ class ProxyConfig:
     """On SIGTERM/SIGINT, how long open connections may finish before they are closed."""
     tls_files_check_interval: float = 5.0
     """How often to look for changed CA/cert/key/CRL files (0: only on SIGHUP)."""
+    workers: int = 1
+    """Worker processes sharing the listeners (1: a single process, no workers)."""
 
 
 # ---- parsing -------------------------------------------------------------------------------------
@@ -134,10 +136,11 @@ _ROUTE_KEYS = {
     "max_connections", "tls_session_resumption", "tls_session_cache_size", "prewarm", "prewarm_max_age",
 }
 _TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
-             "shutdown_grace", "tls_files_check_interval"}
+             "shutdown_grace", "tls_files_check_interval", "workers"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_LISTEN = "127.0.0.1:3306"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
+MAX_WORKERS = 256
 
 
 def parse_tcp_address(value: Any, key: str, *, default_port: int | None = None) -> TcpAddress:
@@ -346,8 +349,14 @@ def parse_config(raw: Any, *, base: Path | None = None) -> ProxyConfig:
     shutdown_grace = 0.0 if grace in (0, "0", "0s") else _duration(grace, "shutdown_grace")
     check = raw.get("tls_files_check_interval", 5)
     check_interval = 0.0 if check in (0, "0", "0s", "off", False) else _duration(check, "tls_files_check_interval")
+    workers = raw.get("workers", 1)
+    if isinstance(workers, str) and workers.strip().isdigit():
+        workers = int(workers.strip())
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError("workers", f"expected a whole number from 1 to {MAX_WORKERS}, got {workers!r}")
     return ProxyConfig(
         routes=routes,
+        workers=workers,
         tls_files_check_interval=check_interval,  # type: ignore[arg-type]
         admin_listen=admin_listen,
         shutdown_grace=shutdown_grace,  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -23,8 +24,13 @@ _conn_ids = itertools.count(1)
 
 
 class RouteListener:
-    def __init__(self, runtime: RouteRuntime) -> None:
+    def __init__(self, runtime: RouteRuntime, *, sock: socket.socket | None = None, reuse_port: bool = False) -> None:
+        """`sock`: a listening Unix socket made by the supervisor and shared by its workers (the worker
+        neither creates nor removes the path). `reuse_port`: a worker's TCP listener, one of several on
+        the same port (SO_REUSEPORT)."""
         self.runtime = runtime
+        self._sock = sock
+        self._reuse_port = reuse_port
         self.route = runtime.route
         self.sessions: set[Session] = set()
         self.closed_bytes = {"client_to_server": 0, "server_to_client": 0}  # of sessions already gone
@@ -35,13 +41,17 @@ class RouteListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.route.listen
-        if isinstance(listen, UnixAddress):
+        if self._sock is not None:
+            self._server = await loop.create_unix_server(self._new_protocol, sock=self._sock)
+            self.address = str(listen)
+        elif isinstance(listen, UnixAddress):
             _remove_stale_socket(listen.path)
             self._server = await loop.create_unix_server(self._new_protocol, str(listen.path))
             os.chmod(listen.path, listen.mode)
             self.address = f"unix:{listen.path}"
         else:
-            self._server = await loop.create_server(self._new_protocol, listen.host, listen.port)
+            self._server = await loop.create_server(self._new_protocol, listen.host, listen.port,
+                                                    reuse_port=self._reuse_port or None)
             sockname = self._server.sockets[0].getsockname()
             self.address = str(TcpAddress(sockname[0], sockname[1]))
 
@@ -87,7 +97,7 @@ class RouteListener:
         self._draining = True
         if self._server is not None:
             self._server.close()
-        if isinstance(self.route.listen, UnixAddress):
+        if isinstance(self.route.listen, UnixAddress) and self._sock is None:
             _remove_stale_socket(self.route.listen.path)
 
     async def wait_closed(self) -> None:
@@ -147,11 +157,15 @@ def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
 class Proxy:
     """All routes of one process."""
 
-    def __init__(self, config: ProxyConfig, auth_key: AuthKey | None, metrics: ProxyMetrics | None = None) -> None:
+    def __init__(self, config: ProxyConfig, auth_key: AuthKey | None, metrics: ProxyMetrics | None = None, *,
+                 shared_sockets: dict[int, socket.socket] | None = None, reuse_port: bool = False) -> None:
+        """`shared_sockets` (route index -> socket) and `reuse_port`: for a worker process (workers.py)."""
         self.config = config
         self.auth_key = auth_key
         self.metrics = metrics or ProxyMetrics()
-        self.listeners = [RouteListener(build_runtime(route, auth_key, i, self.metrics))
+        shared = shared_sockets or {}
+        self.listeners = [RouteListener(build_runtime(route, auth_key, i, self.metrics), sock=shared.get(i),
+                                        reuse_port=reuse_port)
                           for i, route in enumerate(config.routes)]
         self._tls_files = TlsFileWatch(config)
         self._watch_task: asyncio.Task[None] | None = None

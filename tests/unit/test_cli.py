@@ -329,3 +329,23 @@ def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError) as error:
         config_from_args(build_parser().parse_args(["run", "--upstream", "db:3306"]), {"TLSPROXY_MAX_CONNECTIONS": "many"})
     assert error.value.key == "TLSPROXY_MAX_CONNECTIONS"
+
+
+def test_workers_from_the_file_the_environment_and_the_flag(tmp_path: Path) -> None:
+    from tlsproxy.cli import build_parser, config_from_args
+    from tlsproxy.config import ConfigError
+
+    config_file = tmp_path / "tlsproxy.yaml"
+    config_file.write_text("workers: 3\nroutes:\n  - upstream: db.example.com:3306\n")
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["run", "--config", str(config_file)]), {}).workers == 3
+    assert config_from_args(parse(["run", "--config", str(config_file)]), {"TLSPROXY_WORKERS": "4"}).workers == 4
+    assert config_from_args(parse(["run", "--config", str(config_file), "--workers", "2"]),
+                            {"TLSPROXY_WORKERS": "4"}).workers == 2
+    assert config_from_args(parse(["run", "--upstream", "db:3306"]), {}).workers == 1
+    with pytest.raises(ConfigError) as error:
+        config_from_args(parse(["run", "--upstream", "db:3306"]), {"TLSPROXY_WORKERS": "two"})
+    assert error.value.key == "TLSPROXY_WORKERS"
+    with pytest.raises(ConfigError) as error:
+        config_from_args(parse(["run", "--upstream", "db:3306", "--workers", "0"]), {})
+    assert error.value.key == "workers" and "from 1 to 256" in error.value.problem

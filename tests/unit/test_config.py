@@ -153,6 +153,7 @@ def test_defaults() -> None:
         routes=config.routes, auth_rsa_key=None, log_level="INFO", log_format="text", event_loop="uvloop",
         allow_non_loopback=False,
     )
+    assert config.workers == 1  # one process: nothing is spawned
     first, second = config.routes
     assert first == Route(name="default", listen=TcpAddress("127.0.0.1", 3306), upstream=TcpAddress("db.example.com", 3306))
     assert second.name == "route1"
@@ -258,7 +259,7 @@ INVALID: list[InvalidCase] = [
     ("routes a mapping", {"routes": {"upstream": "db"}}, "routes", "expected a list"),
     ("route not a mapping", {"routes": ["db.example.com:3306"]}, "routes[0]", "expected a mapping"),
     ("unknown top-level key", {"routes": [{"upstream": "db"}], "listen": "127.0.0.1:3306"}, "listen",
-     "unknown key; allowed: admin_listen, allow_non_loopback, auth_rsa_key, event_loop, log_format, log_level, routes, shutdown_grace, tls_files_check_interval"),
+     "unknown key; allowed: admin_listen, allow_non_loopback, auth_rsa_key, event_loop, log_format, log_level, routes, shutdown_grace, tls_files_check_interval, workers"),
     ("unknown route key", _two({"ssl_verify_server_cert": True}), "routes[1].ssl_verify_server_cert",
      "unknown key; allowed: "),
     # ssl_mode
@@ -301,6 +302,12 @@ INVALID: list[InvalidCase] = [
     ("idle word", one_route(idle_timeout="abc"), "routes[0].idle_timeout", "expected seconds"),
     ("idle negative", one_route(idle_timeout=-5), "routes[0].idle_timeout", "expected seconds"),
     ("idle true", one_route(idle_timeout=True), "routes[0].idle_timeout", "(0 or off to disable)"),
+    # workers
+    ("workers 0", {"routes": [{"upstream": "db"}], "workers": 0}, "workers", "a whole number from 1 to 256, got 0"),
+    ("workers too many", {"routes": [{"upstream": "db"}], "workers": 257}, "workers", "from 1 to 256"),
+    ("workers a word", {"routes": [{"upstream": "db"}], "workers": "two"}, "workers", "got 'two'"),
+    ("workers true", {"routes": [{"upstream": "db"}], "workers": True}, "workers", "a whole number"),
+    ("workers a fraction", {"routes": [{"upstream": "db"}], "workers": 1.5}, "workers", "a whole number"),
     # max_connections
     ("max_connections 0", one_route(max_connections=0), "routes[0].max_connections", "a whole number of at least 1"),
     ("resumption word", one_route(tls_session_resumption="maybe"), "routes[0].tls_session_resumption",
