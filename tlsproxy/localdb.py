@@ -258,6 +258,7 @@ class MariaDBServer:
             "socket": str(self.socket_path),
             "pid-file": str(self.pid_file),
             "log-error": str(self.error_log),
+            "tmpdir": str(self.tmpdir),  # its own: temporary tables of servers sharing /tmp can clash
             "bind-address": self.host,
             "port": str(self.port),
         }
@@ -273,7 +274,12 @@ class MariaDBServer:
         options.update(self.extra_options)
         return options
 
+    @property
+    def tmpdir(self) -> Path:
+        return self.datadir.parent / f"{self.datadir.name}-tmp"
+
     def _write_config(self) -> None:
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.defaults_file.write_text(_option_file("mariadbd", self._server_options()), encoding="utf-8")
         client_options = {"user": self.admin_user, "password": self.admin_password, "socket": str(self.socket_path)}
         _write_private_text(self.client_defaults_file, _option_file("client", client_options))
