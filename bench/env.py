@@ -44,6 +44,7 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
 
 FULL_HANDSHAKE_ROUTE = "proxy_tls_tcp_full"
 """A TLS route with session resumption off: every upstream handshake is a full one (bench/proxy_metrics.py)."""
+PREWARM_ROUTE, PREWARM_SIZE = "proxy_tls_tcp_prewarm", 8
 HANDSHAKE_ROUTES = {
     # route: (TLS version, session resumption) -- bench/proxy_metrics.py's full vs resumed handshake CPU
     FULL_HANDSHAKE_ROUTE: ("TLSv1.3", False),
@@ -144,7 +145,7 @@ class BenchEnv:
         """One tlsproxy process (the real CLI), one route per proxied scenario."""
         assert self.server is not None
         self.stop_proxy()
-        for name in ("proxy_tls_tcp", "proxy_disabled_tcp", *HANDSHAKE_ROUTES):
+        for name in ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, *HANDSHAKE_ROUTES):
             self.ports[name] = free_port()
         self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
         self.sockets["proxy_disabled_unix"] = self.workdir / "relay.sock"
@@ -155,6 +156,7 @@ class BenchEnv:
             "proxy_disabled_tcp": (f"127.0.0.1:{self.ports['proxy_disabled_tcp']}", "DISABLED"),
             "proxy_disabled_unix": (str(self.sockets["proxy_disabled_unix"]), "DISABLED"),
             **{name: (f"127.0.0.1:{self.ports[name]}", "VERIFY_IDENTITY") for name in HANDSHAKE_ROUTES},
+            PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY"),
         }
         self.ports["admin"] = free_port()
         lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", f"admin_listen: 127.0.0.1:{self.ports['admin']}",
@@ -163,6 +165,8 @@ class BenchEnv:
             lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
                       f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}", "    max_connections: 20000",
                       "    handshake_timeout: 60"]
+            if name == PREWARM_ROUTE:
+                lines.append(f"    prewarm: {PREWARM_SIZE}")
             if name in HANDSHAKE_ROUTES:
                 version, resumption = HANDSHAKE_ROUTES[name]
                 lines += [f"    tls_version: {version}", f"    tls_session_resumption: {str(resumption).lower()}"]

@@ -16,6 +16,7 @@ class Scenario:
     client_tls: bool  # the client library does TLS itself
     via: str  # "direct", "proxy_tls", "proxy_disabled", "socat"
     local_leg: str = "tcp"  # "tcp" or "unix" (the client's hop to the proxy)
+    workloads: tuple[str, ...] = ()  # the workloads it takes part in; empty: all
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -37,6 +38,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("proxy_disabled_unix", "4 tlsproxy DISABLED (relay only), Unix socket", client_tls=False,
              via="proxy_disabled", local_leg="unix"),
     Scenario("socat_client_tls", "5 socat relay, client does TLS", client_tls=True, via="socat"),
+    Scenario("proxy_tls_tcp_full", "3 tlsproxy TLS, session resumption off, TCP", client_tls=False, via="proxy_tls",
+             workloads=("connect",)),
+    Scenario("proxy_tls_tcp_prewarm", "3 tlsproxy TLS, prewarm 8, TCP", client_tls=False, via="proxy_tls",
+             workloads=("connect",)),
 )
 SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 BASELINES = ("client_tls", "plaintext")

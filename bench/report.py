@@ -408,8 +408,11 @@ class Report:
         warnings = []
         if not self.variants:
             warnings.append("no samples in this run")
+        takes_part = {item["name"]: tuple(item.get("workloads") or ()) for item in self.scenarios}
         for variant in self.variants:
             for name in self.names:
+                if takes_part.get(name) and variant.workload not in takes_part[name]:
+                    continue  # a scenario that takes part in some workloads only
                 values = variant.values(name, variant.headline)
                 if not values:
                     warnings.append(f"{variant.title}: no samples for {self.label(name)}")

@@ -86,11 +86,17 @@ def interleaved(env: BenchEnv, size: RunSize, scenarios: Iterable[Scenario] = SC
         variants.append((f"bulk row={_size_label(row_bytes)}",
                          lambda s, r, b=row_bytes: bulk(env, s, b, size, r)))
     samples: list[Sample] = []
-    total = len(variants) * size.repetitions * len(scenarios)
+
+    def takes_part(scenario: Scenario, variant_name: str) -> bool:
+        return not scenario.workloads or variant_name.split()[0] in scenario.workloads
+
+    total = sum(size.repetitions for name, _ in variants for scenario in scenarios if takes_part(scenario, name))
     done = 0
     for name, measure in variants:
         for repetition in range(size.repetitions):
             for scenario in scenarios:
+                if not takes_part(scenario, name):
+                    continue
                 sample = measure(scenario, repetition)
                 samples.append(sample)
                 done += 1
