@@ -56,9 +56,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
     return time.monotonic() - started
 
 
-def rst_close(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+def send_query(sock: socket.socket, sql: bytes) -> None:
+    """A COM_QUERY written straight to the socket (the client library then knows nothing of it)."""
+    payload = b"\x03" + sql
+    sock.sendall(len(payload).to_bytes(3, "little") + b"\x00" + payload)
+
+
+def vanish(sock: socket.socket, *, rst: bool) -> None:
+    """Close the client's socket for real (PyMySQL's reader holds a reference that would keep the
+    descriptor open), with an RST if asked."""
+    if rst:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    os.close(sock.detach())
 
 
 def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
@@ -115,6 +124,14 @@ def assert_still_serving(proxy: ProxyThread, bystander: Bystander) -> None:
         assert query_one(fresh, "SELECT 8") == 8
     wait_until(lambda: proxy.active_connections() == 1, 5, "the proxy kept a dead session")
     bystander.check()
+
+
+def session_of(proxy: ProxyThread, connection: pymysql.Connection):  # type: ignore[no-untyped-def]
+    """The proxy's Session serving this client connection."""
+    host, port = connection._sock.getsockname()[:2]  # type: ignore[attr-defined]
+    sessions = proxy.call(lambda: list(proxy.proxy.listeners[0].sessions))  # type: ignore[union-attr]
+    (session,) = [s for s in sessions if s.client_address == f"{host}:{port}"]
+    return session
 
 
 def expect_client_error(action: Callable[[], object], within: float) -> tuple[pymysql.MySQLError, float]:
@@ -226,3 +243,117 @@ def test_truncated_tls_record(relayed: tuple[FaultRelay, ProxyThread, Bystander]
         assert error.args[0] == 2013, error
     assert relay.links[-1].triggered.is_set()
     assert_still_serving(proxy, bystander)
+
+
+def test_upstream_that_stops_reading_bounds_the_proxy_buffers(relayed: tuple[FaultRelay, ProxyThread, Bystander]) -> None:
+    """Backpressure towards the client: the server side stops reading while the client keeps
+    sending a 32 MiB query; the proxy pauses the client instead of buffering, and the client's
+    write times out (its own clean error) after what the socket buffers hold."""
+    relay, proxy, bystander = relayed
+    victim = connect(proxy.port, database=TEST_DATABASE, write_timeout=1)
+    link = relay.links[-1]
+    before = link.forwarded[TO_SERVER]
+    link.apply(Fault("stall", TO_SERVER))
+    session = session_of(proxy, victim)
+    held: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            held.append(proxy.call(lambda: session.upstream.get_write_buffer_size()
+                                   + (session.client.get_write_buffer_size() if session.client else 0)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        error, _ = expect_client_error(
+            lambda: victim.cursor().execute("SELECT LENGTH('" + "x" * (32 << 20) + "')"), within=8.0)
+    finally:
+        stop.set()
+        watcher.join()
+    assert error.args[0] in (2006, 2013), error
+    assert link.triggered.is_set() and link.forwarded[TO_SERVER] == before
+    print(f"proxy buffered at most {max(held)} bytes; took {session.stats.bytes_client_to_server} from the client")
+    assert held and max(held) < 4 << 20, f"the proxy buffered up to {max(held)} bytes"
+    assert session.stats.bytes_client_to_server < 16 << 20, session.stats.bytes_client_to_server
+    assert_still_serving(proxy, bystander)
+
+
+# ---- clients that vanish, sockets half closed ---------------------------------------------------------
+
+
+@pytest.fixture
+def direct(mariadb: MariaDBServer, pki: TestPki,
+           caplog: pytest.LogCaptureFixture) -> Iterator[tuple[ProxyThread, Bystander]]:
+    """The proxy straight to the real MariaDB, and a bystander."""
+    caplog.set_level(logging.INFO)
+    with ProxyThread(make_route(mariadb.port, ca_file=pki.ca)) as proxy, Bystander(proxy.port) as bystander:
+        yield proxy, bystander
+    assert_no_traceback(caplog)
+
+
+def server_has_connection(server: MariaDBServer, connection_id: int) -> bool:
+    return bool(server.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID = {connection_id}"))
+
+
+@pytest.mark.parametrize("how", ["close", "rst"])
+def test_client_vanishing_mid_result_frees_the_server_connection(
+        mariadb: MariaDBServer, direct: tuple[ProxyThread, Bystander], how: str) -> None:
+    """A client that goes away while a 1 GiB result streams: the proxy drops the upstream leg, so the
+    server's connection ends at once (it is not left streaming the rest into the void), and the
+    session leaves the proxy's set."""
+    proxy, bystander = direct
+    victim = connect(proxy.port, database=TEST_DATABASE)
+    connection_id = query_one(victim, "SELECT CONNECTION_ID()")
+    session = session_of(proxy, victim)
+    sock: socket.socket = victim._sock  # type: ignore[attr-defined]
+    send_query(sock, b"SELECT seq, REPEAT('x', 1048576) FROM seq_1_to_1024")
+    received = 0
+    while received < 4 << 20:  # the result is streaming
+        received += len(sock.recv(1 << 20))
+    vanish(sock, rst=how == "rst")
+    wait_until(lambda: session.stats.outcome != "relayed", 5, "the proxy did not notice the client left")
+    assert session.stats.closed_by == "client", session.stats
+    assert session.stats.bytes_server_to_client < 256 << 20, "the proxy relayed on after the client left"
+    wait_until(lambda: not server_has_connection(mariadb, connection_id), 2.0,
+               "the server's connection outlived the client")
+    assert_still_serving(proxy, bystander)
+
+
+def test_server_closing_reaches_the_client_at_once(mariadb: MariaDBServer,
+                                                   direct: tuple[ProxyThread, Bystander]) -> None:
+    """The server ends a connection (KILL, as on a failover or wait_timeout): the idle client sees
+    EOF within a second, its next query fails cleanly, and the session is gone."""
+    proxy, bystander = direct
+    victim = connect(proxy.port)
+    connection_id = query_one(victim, "SELECT CONNECTION_ID()")
+    sock: socket.socket = victim._sock  # type: ignore[attr-defined]
+    mariadb.sql(f"KILL CONNECTION {connection_id}")
+    sock.settimeout(2)
+    started = time.monotonic()
+    tail = bytearray()
+    while chunk := sock.recv(65536):
+        tail += chunk
+    assert time.monotonic() - started < 1.5
+    assert not tail or tail[4] == 0xFF, bytes(tail)  # at most the server's own ERR packet
+    expect_client_error(lambda: query_one(victim, "SELECT 1"), within=1.0)
+    assert_still_serving(proxy, bystander)
+
+
+def test_half_close_with_a_plaintext_upstream(mariadb: MariaDBServer, caplog: pytest.LogCaptureFixture) -> None:
+    """DISABLED mode can pass the client's half-close on as a TCP half-close: the answer to the
+    last query still arrives, then the server closes and so does the proxy."""
+    caplog.set_level(logging.INFO)
+    with ProxyThread(make_route(mariadb.port, mode=SslMode.DISABLED)) as proxy:
+        victim = connect(proxy.port, account=PLAIN)
+        sock: socket.socket = victim._sock  # type: ignore[attr-defined]
+        send_query(sock, b"SELECT SLEEP(0.3), 4242424242")
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        answer = bytearray()
+        while chunk := sock.recv(65536):
+            answer += chunk
+        sock.close()
+        assert b"4242424242" in answer
+        wait_until(lambda: proxy.active_connections() == 0, 5, "the half-closed session stayed")
+    assert_no_traceback(caplog)
