@@ -357,3 +357,79 @@ def test_half_close_with_a_plaintext_upstream(mariadb: MariaDBServer, caplog: py
         assert b"4242424242" in answer
         wait_until(lambda: proxy.active_connections() == 0, 5, "the half-closed session stayed")
     assert_no_traceback(caplog)
+
+
+# ---- the upstream restarts (a switchover), or is killed -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_mariadb(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    """A server of this module's own, so restarting and killing it disturbs no other test."""
+    server = start_mariadb(tmp_path_factory.mktemp("mariadb-faults"), ssl_ca=pki.ca, ssl_cert=pki.server_cert,
+                           ssl_key=pki.server_key)
+    try:
+        server.sql(f"CREATE DATABASE {TEST_DATABASE}")
+        server.sql(f"CREATE TABLE {TEST_DATABASE}.acknowledged (id INT PRIMARY KEY) ENGINE=InnoDB")
+        server.sql(f"CREATE USER '{NATIVE.user}'@'%' IDENTIFIED BY '{NATIVE.password}' REQUIRE SSL")
+        server.sql(f"GRANT ALL ON {TEST_DATABASE}.* TO '{NATIVE.user}'@'%'")
+        yield server
+    finally:
+        server.stop()
+
+
+def port_refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["restart", "sigkill"])
+def test_upstream_restart_mid_query_and_mid_transaction(own_mariadb: MariaDBServer, pki: TestPki,
+                                                        caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """The primary goes away under a running SELECT SLEEP(5) and an open transaction, and comes back:
+    both clients get a clean error within seconds (not after the sleep), the committed row is there
+    and the uncommitted one is not, a client that connects while the server is down simply waits
+    (connect_retry_window) and gets in as soon as it is back, all without restarting the proxy."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="tlsproxy.session")  # the connect retries
+    server = own_mariadb
+    route = with_fields(make_route(server.port, ca_file=pki.ca, connect_retry_window=30.0), handshake_timeout=40.0)
+    server.sql(f"DELETE FROM {TEST_DATABASE}.acknowledged")
+    with ProxyThread(route) as proxy, ThreadPoolExecutor(2) as pool:
+        sleeper = connect(proxy.port)
+        in_transaction = connect(proxy.port, database=TEST_DATABASE)
+        with in_transaction.cursor() as cursor:
+            cursor.execute("INSERT INTO acknowledged VALUES (1)")
+            in_transaction.commit()  # acknowledged: must survive
+            cursor.execute("BEGIN")
+            cursor.execute("INSERT INTO acknowledged VALUES (2)")  # never committed
+        sleeping = pool.submit(query_one, sleeper, "SELECT SLEEP(5)")
+        time.sleep(0.3)
+        fault_at = time.monotonic()
+        if how == "sigkill":
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+        restarting = pool.submit(server.restart)
+        with pytest.raises(pymysql.MySQLError) as raised:
+            sleeping.result(timeout=15)
+        assert time.monotonic() - fault_at < 4.0, "the sleeping client waited out the restart"
+        assert raised.value.args[0] in (1053, 1927, 2013), raised.value  # shutdown, killed, lost
+        wait_until(lambda: port_refuses(server.port), 20, "the server never went down")
+        waiting = pool.submit(connect, proxy.port, database=TEST_DATABASE, connect_timeout=40)
+        restarting.result(timeout=90)
+        back_at = time.monotonic()
+        newcomer = waiting.result(timeout=10)
+        assert time.monotonic() - back_at < 2.0, "the waiting client got in late"
+        assert any("retrying in" in record.getMessage() for record in caplog.records), "it never had to wait"
+        error, _ = expect_client_error(lambda: in_transaction.commit(), within=1.0)
+        assert error.args[0] in (2006, 2013), error
+        with newcomer.cursor() as cursor:
+            cursor.execute("SELECT id FROM acknowledged")
+            assert cursor.fetchall() == ((1,),)
+        newcomer.close()
+        with connect(proxy.port) as fresh:
+            assert query_one(fresh, "SHOW SESSION STATUS LIKE 'Ssl_cipher'") == "Ssl_cipher"
+        wait_until(lambda: proxy.active_connections() == 0, 5, "the proxy kept a dead session")
+    assert_no_traceback(caplog)
