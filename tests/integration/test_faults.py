@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -22,7 +25,7 @@ import pytest
 from tests.conftest import NATIVE, PLAIN, TEST_DATABASE
 from tests.support.faults import TO_CLIENT, TO_SERVER, Fault, FaultRelay
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyThread, make_route
+from tests.support.proxy import CliProxy, ProxyThread, make_route
 from tlsproxy.config import Route, SslMode
 from tlsproxy.localdb import MariaDBServer, start_mariadb
 
@@ -273,7 +276,6 @@ def test_upstream_that_stops_reading_bounds_the_proxy_buffers(relayed: tuple[Fau
         watcher.join()
     assert error.args[0] in (2006, 2013), error
     assert link.triggered.is_set() and link.forwarded[TO_SERVER] == before
-    print(f"proxy buffered at most {max(held)} bytes; took {session.stats.bytes_client_to_server} from the client")
     assert held and max(held) < 4 << 20, f"the proxy buffered up to {max(held)} bytes"
     assert session.stats.bytes_client_to_server < 16 << 20, session.stats.bytes_client_to_server
     assert_still_serving(proxy, bystander)
@@ -364,9 +366,13 @@ def test_half_close_with_a_plaintext_upstream(mariadb: MariaDBServer, caplog: py
 
 @pytest.fixture(scope="module")
 def own_mariadb(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
-    """A server of this module's own, so restarting and killing it disturbs no other test."""
+    """A server of this module's own, so restarting it, killing it and filling it with connections
+    disturbs no other test."""
     server = start_mariadb(tmp_path_factory.mktemp("mariadb-faults"), ssl_ca=pki.ca, ssl_cert=pki.server_cert,
-                           ssl_key=pki.server_key)
+                           ssl_key=pki.server_key,
+                           # room for the 2,000 silent clients of the bounds test, which must outlast
+                           # the server's own 10 s limit on an unauthenticated connection
+                           extra_options={"max_connections": "2100", "connect_timeout": "60"})
     try:
         server.sql(f"CREATE DATABASE {TEST_DATABASE}")
         server.sql(f"CREATE TABLE {TEST_DATABASE}.acknowledged (id INT PRIMARY KEY) ENGINE=InnoDB")
@@ -433,3 +439,114 @@ def test_upstream_restart_mid_query_and_mid_transaction(own_mariadb: MariaDBServ
             assert query_one(fresh, "SHOW SESSION STATUS LIKE 'Ssl_cipher'") == "Ssl_cipher"
         wait_until(lambda: proxy.active_connections() == 0, 5, "the proxy kept a dead session")
     assert_no_traceback(caplog)
+
+
+# ---- bounds -----------------------------------------------------------------------------------------------
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("dribble", [False, True])
+def test_slowloris_is_cut_off_at_the_handshake_timeout(direct: tuple[ProxyThread, Bystander], mariadb: MariaDBServer,
+                                                       pki: TestPki, dribble: bool) -> None:
+    """A client that never sends its HandshakeResponse, or sends it a byte at a time, gets the
+    proxy's ERR when the handshake timeout (1 s here: a deadline for the whole handshake, not per
+    read) runs out, and both of its legs are closed."""
+    _, bystander = direct
+    route = with_fields(make_route(mariadb.port, ca_file=pki.ca), handshake_timeout=1.0)
+    with ProxyThread(route) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        started = time.monotonic()
+        assert read_frame(sock)[4] == 0x0A  # the greeting
+        answer = b""
+        if dribble:
+            header = (200).to_bytes(3, "little") + b"\x01"  # announces a 200-byte response
+            sock.settimeout(0.25)
+            for byte in header + b"\x00" * 30:
+                try:
+                    sock.sendall(bytes((byte,)))
+                    answer = read_frame(sock)
+                    break
+                except (TimeoutError, socket.timeout):
+                    continue
+            sock.settimeout(5)
+        answer = answer or read_frame(sock)
+        elapsed = time.monotonic() - started
+        assert 0.9 < elapsed < 2.5, elapsed
+        assert answer[4] == 0xFF and int.from_bytes(answer[5:7], "little") == 1159, answer
+        assert b"handshake timed out after 1s (phase: client_response)" in answer, answer
+        assert sock.recv(65536) == b""  # and closed
+        wait_until(lambda: proxy.active_connections() == 0, 2, "the slow client's session stayed")
+    bystander.check()
+
+
+def raise_open_files_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    assert hard == resource.RLIM_INFINITY or hard >= needed, \
+        f"this test needs {needed} open files; the hard limit is {hard} (raise it: ulimit -Hn)"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def test_thousands_of_silent_connections(own_mariadb: MariaDBServer, pki: TestPki) -> None:
+    """2,000 clients connect at once and say nothing (each holds an upstream connection that waits
+    for its HandshakeResponse): none waits for the accept queue, the limit holds (the next client
+    gets ERR 1040 at once), the admin endpoints still answer quickly, and once they leave
+    everything is free again."""
+    count = 2000
+    raise_open_files_limit(3 * count + 1000)  # the proxy subprocess inherits it
+    args = ["--listen", "127.0.0.1:0", "--upstream", f"localhost:{own_mariadb.port}", "--ssl-ca", str(pki.ca),
+            "--max-connections", str(count), "--handshake-timeout", "60", "--connect-retry-window", "0"]
+    silent: list[socket.socket] = []
+    with CliProxy(args) as cli:
+        assert cli.admin_address is not None
+        try:
+            slow = []
+            for _ in range(count):
+                began = time.monotonic()
+                silent.append(socket.create_connection(("127.0.0.1", cli.port()), timeout=10))
+                if time.monotonic() - began > 0.5:
+                    slow.append(round(time.monotonic() - began, 2))
+            # a full accept queue drops SYNs: the client retries after 1 s
+            assert not slow, f"{len(slow)} connects waited for a SYN retransmit: {slow}"
+            wait_until(lambda: metric(cli.admin_address, "tlsproxy_connections_active") == count, 30,
+                       "the proxy did not hold every connection")
+            error, _ = expect_client_error(lambda: connect(cli.port()), within=2.0)
+            assert error.args[0] == 1040 and f"max_connections {count}" in error.args[1], error
+            for path, want in (("/readiness", 503), ("/metrics", 200), ("/liveness", 200)):
+                began = time.monotonic()
+                status, body = http(cli.admin_address, path)
+                assert status == want and time.monotonic() - began < 1.0, (path, status, body[:200])
+            assert "at max_connections" in http(cli.admin_address, "/readiness")[1]
+            assert metric(cli.admin_address, "tlsproxy_connections_refused_total") == 1
+        finally:
+            for sock in silent:
+                sock.close()
+        wait_until(lambda: metric(cli.admin_address, "tlsproxy_connections_active") == 0, 30,
+                   "the sessions were not freed")
+        with connect(cli.port()) as fresh:
+            assert query_one(fresh, "SELECT 9") == 9
+        assert "Traceback" not in "".join(cli.output)
+
+
+def http(address: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(address: str, name: str) -> float:
+    """The sum of a metric's samples on /metrics."""
+    _, body = http(address, "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
