@@ -11,7 +11,8 @@ Kinds (each starts once `after_bytes` more bytes have been forwarded in `directi
     reset     send an RST to the proxy (SO_LINGER 0) and close the server side
     truncate  forward the first TLS record that starts at or after `after_bytes` only up to half its
               body, then close both sides (the stream's first MySQL frame, the plaintext greeting or
-              SSLRequest, is skipped before TLS records are counted)
+              SSLRequest, is skipped before TLS records are counted); it needs the whole stream,
+              so it is for `arm`, not for a live `Link.apply`
 """
 
 from __future__ import annotations
