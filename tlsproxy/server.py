@@ -20,6 +20,10 @@ from tlsproxy.tls import build_upstream_tls
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = socket.SOMAXCONN
+"""asyncio's default of 100 overflows when a few thousand clients connect at once (a pool reconnecting
+after a failover): the kernel drops the SYNs and each of those clients waits a 1 s retransmit."""
+
 _conn_ids = itertools.count(1)
 
 
@@ -46,12 +50,13 @@ class RouteListener:
             self.address = str(listen)
         elif isinstance(listen, UnixAddress):
             _remove_stale_socket(listen.path)
-            self._server = await loop.create_unix_server(self._new_protocol, str(listen.path))
+            self._server = await loop.create_unix_server(self._new_protocol, str(listen.path),
+                                                          backlog=LISTEN_BACKLOG)
             os.chmod(listen.path, listen.mode)
             self.address = f"unix:{listen.path}"
         else:
             self._server = await loop.create_server(self._new_protocol, listen.host, listen.port,
-                                                    reuse_port=self._reuse_port or None)
+                                                    reuse_port=self._reuse_port or None, backlog=LISTEN_BACKLOG)
             sockname = self._server.sockets[0].getsockname()
             self.address = str(TcpAddress(sockname[0], sockname[1]))
 

@@ -448,7 +448,13 @@ class Session:
         for timer in (self._idle_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        for transport in (self.client, self.upstream):
+        upstream = self.upstream
+        if upstream is not None and not upstream.is_closing() and not upstream.get_write_buffer_size():
+            # Nothing left to send: drop the leg at once. uvloop's TLS close() waits for the server's
+            # close_notify while reading (and discarding) whatever the server still streams, so a
+            # client gone mid-result would keep the server sending it all.
+            upstream.abort()
+        for transport in (self.client, upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
         for task in (self._task, self._replacing):

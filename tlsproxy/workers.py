@@ -61,7 +61,7 @@ RESTART_DELAY_SECONDS = (0.5, 30.0)
 STABLE_UPTIME_SECONDS = 30.0
 KILL_AFTER_GRACE_SECONDS = 15.0
 """Workers still running this long after shutdown_grace are killed (and the supervisor exits 1)."""
-LISTEN_BACKLOG = 100
+LISTEN_BACKLOG = socket.SOMAXCONN  # a burst of clients (a pool reconnecting) must not overflow it
 
 MIN_GAUGES = frozenset({"tlsproxy_upstream_certificate_not_after_timestamp_seconds"})
 MAX_GAUGES = frozenset({"tlsproxy_build_info"})
