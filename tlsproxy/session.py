@@ -199,6 +199,7 @@ class Session:
         if warm.expiry is not None:
             warm.expiry.cancel()
         self.upstream = warm.transport
+        _set_nodelay(warm.transport)
         warm.transport.set_protocol(self._upstream_protocol)
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
