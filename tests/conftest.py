@@ -96,6 +96,15 @@ def serve_certificate(server: MariaDBServer, cert: Path, key: Path, tls_version:
     server.restart(ssl_cert=cert, ssl_key=key, tls_version=wanted_version)
 
 
+@pytest.fixture(scope="module")
+def alt(alt_mariadb: MariaDBServer, pki: TestPki) -> Iterator[MariaDBServer]:
+    """alt_mariadb for one test module; whatever its tests make it serve, it serves pki.server_cert with the
+    default settings again afterwards."""
+    yield alt_mariadb
+    alt_mariadb.extra_options = {}
+    serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
+
+
 @pytest.fixture(params=["uvloop", "asyncio"])
 def event_loop_name(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -188,11 +188,27 @@ def load_auth_key(config: ProxyConfig):  # -> certs.AuthRsaKey
     from tlsproxy import certs
 
     if config.auth_rsa_key is not None:
+        check_private_key_mode(config.auth_rsa_key)
         try:
             return certs.AuthRsaKey.load(config.auth_rsa_key)
         except certs.CertificateFileError as exc:
             raise ConfigError("auth_rsa_key", str(exc)) from None
     return certs.AuthRsaKey.generate()
+
+
+def check_private_key_mode(path: Path) -> None:
+    """Whoever reads the RSA key can decrypt the passwords clients encrypt with its public half: refuse a
+    key file others may read or write, warn when its group may (0640 for a group of readers is a choice)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # loading it reports why it cannot be read
+    if mode & 0o007:
+        raise ConfigError("auth_rsa_key", f"{path} has mode {mode:04o}: other users may read or change the key "
+                                          f"that decrypts passwords; chmod 600 {path}")
+    if mode & 0o070:
+        log.warning("auth_rsa_key %s has mode %04o: its group may read the key that decrypts passwords "
+                    "(chmod 600 unless that group is meant to)", path, mode)
 
 
 def run_event_loop(main: Any, event_loop: str) -> Any:

@@ -282,6 +282,10 @@ class MariaDBServer:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.defaults_file.write_text(_option_file("mariadbd", self._server_options()), encoding="utf-8")
         client_options = {"user": self.admin_user, "password": self.admin_password, "socket": str(self.socket_path)}
+        if self.tls_version and "TLSv1.2" not in self.tls_version and "TLSv1.3" not in self.tls_version:
+            # A server restricted to TLS 1.0/1.1 (the security tests' legacy server): the client's own TLS
+            # on this unix socket fails, and the admin needs none there.
+            client_options["skip-ssl"] = ""
         _write_private_text(self.client_defaults_file, _option_file("client", client_options))
 
     # ---- admin SQL ------------------------------------------------------------------------

@@ -152,6 +152,16 @@ class TlsFileWatch:
         return changed
 
 
+def non_loopback_warning(route: Route) -> str | None:
+    """The start-up warning for a TCP listener off loopback (only possible with allow_non_loopback)."""
+    listen = route.listen
+    if not isinstance(listen, TcpAddress) or listen.is_loopback:
+        return None
+    return (f"route {route.name}: listening on {listen}, a NON-LOOPBACK address (allow_non_loopback): user names, "
+            "password exchanges and every query between clients and the proxy cross that network in PLAINTEXT. "
+            "Anyone who can reach it can log in with a valid account. Prefer 127.0.0.1 or a Unix socket.")
+
+
 def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
                   metrics: ProxyMetrics | None = None) -> RouteRuntime:
     upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
@@ -202,6 +212,9 @@ class Proxy:
                             "meant for measuring the relay only.", route.name)
             elif route.tls.mode is SslMode.VERIFY_CA:
                 log.warning("route %s: ssl_mode VERIFY_CA checks the chain but not the host name", route.name)
+            exposed = non_loopback_warning(route)
+            if exposed:
+                log.warning(exposed)
             if route.tls.allow_legacy_tls and route.tls.tls_versions[0] in ("TLSv1", "TLSv1.1"):
                 log.warning("route %s: legacy TLS versions %s allowed (allow_legacy_tls)", route.name,
                             ",".join(route.tls.tls_versions))

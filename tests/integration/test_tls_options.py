@@ -7,7 +7,7 @@ import logging
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pymysql
 import pytest
@@ -120,13 +120,6 @@ def test_empty_crl(mariadb: MariaDBServer, pki: TestPki) -> None:
 
 
 # ---- alt_mariadb with other certificates -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def alt(alt_mariadb: MariaDBServer, pki: TestPki) -> Iterator[MariaDBServer]:
-    """alt_mariadb; whatever the tests below make it serve, it serves pki.server_cert again afterwards."""
-    yield alt_mariadb
-    serve_certificate(alt_mariadb, pki.server_cert, pki.server_key)
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ class TestPki:
     wrong_host_key: Path
     expired_cert: Path  # signed by ca, expired yesterday
     expired_key: Path
+    not_yet_valid_cert: Path  # signed by ca, valid from tomorrow
+    not_yet_valid_key: Path
     client_cert: Path  # signed by ca, CN tlsproxy-client (REQUIRE X509)
     client_key: Path
     crl_revoking_server: Path  # CRL from ca that revokes server_cert
@@ -44,6 +46,8 @@ def make_pki(directory: Path) -> TestPki:
     ca.issue_server(("db.example.test",), ()).write(directory / "wrong-host-cert.pem", directory / "wrong-host-key.pem")
     ca.issue_server(("localhost",), ("127.0.0.1",), not_before=now - timedelta(days=30),
                    not_after=now - timedelta(days=1)).write(directory / "expired-cert.pem", directory / "expired-key.pem")
+    ca.issue_server(("localhost",), ("127.0.0.1",), not_before=now + timedelta(days=1),
+                   not_after=now + timedelta(days=30)).write(directory / "future-cert.pem", directory / "future-key.pem")
     ca.issue_client("tlsproxy-client").write(directory / "client-cert.pem", directory / "client-key.pem")
     (directory / "crl-revoked.pem").write_bytes(ca.crl_pem([server.serial_number]))
     (directory / "crl-empty.pem").write_bytes(ca.crl_pem([]))
@@ -64,6 +68,8 @@ def make_pki(directory: Path) -> TestPki:
         wrong_host_key=directory / "wrong-host-key.pem",
         expired_cert=directory / "expired-cert.pem",
         expired_key=directory / "expired-key.pem",
+        not_yet_valid_cert=directory / "future-cert.pem",
+        not_yet_valid_key=directory / "future-key.pem",
         client_cert=directory / "client-cert.pem",
         client_key=directory / "client-key.pem",
         crl_revoking_server=directory / "crl-revoked.pem",

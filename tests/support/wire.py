@@ -69,13 +69,22 @@ class _Listener:
         self.stop()
 
 
-class RecordingRelay(_Listener):
-    """Forwards to 127.0.0.1:target_port and records every byte each way (`to_server`, `to_client`)."""
+Prelude = Callable[["RecordingRelay", socket.socket, socket.socket], None]
 
-    def __init__(self, target_port: int, listen_port: int = 0, *, delay_to_client: float = 0.0) -> None:
+
+class RecordingRelay(_Listener):
+    """Forwards to 127.0.0.1:target_port and records every byte each way (`to_server`, `to_client`).
+
+    `prelude(relay, client, server)`, if given, runs first on each connection and plays a man in the
+    middle (see `strip_tls_from_greeting`, `inject_after_ssl_request`); the relay then forwards as usual.
+    """
+
+    def __init__(self, target_port: int, listen_port: int = 0, *, delay_to_client: float = 0.0,
+                 prelude: Prelude | None = None) -> None:
         super().__init__(listen_port)
         self.target_port = target_port
         self.delay_to_client = delay_to_client  # seconds added before each server-to-client chunk
+        self.prelude = prelude
         self.to_server = bytearray()
         self.to_client = bytearray()
         self._lock = threading.Lock()
@@ -87,8 +96,25 @@ class RecordingRelay(_Listener):
             conn.close()
             return
         self._connections.append(upstream)
+        if self.prelude is not None:
+            try:
+                self.prelude(self, conn, upstream)
+            except OSError:
+                for sock in (conn, upstream):
+                    sock.close()
+                return
         self._spawn(self._pump, upstream, conn, self.to_client, self.delay_to_client)
         self._pump(conn, upstream, self.to_server)
+
+    def forward_frame(self, source: socket.socket, sink: socket.socket, *, to_client: bool,
+                      edit: Callable[[bytes], bytes] = lambda frame: frame) -> bytes:
+        """Read one whole MySQL frame from `source`, pass `edit(frame)` to `sink`, record it; return it."""
+        frame = read_frame(source)
+        frame = edit(frame)
+        with self._lock:
+            (self.to_client if to_client else self.to_server).extend(frame)
+        sink.sendall(frame)
+        return frame
 
     def _pump(self, source: socket.socket, sink: socket.socket, record: bytearray, delay: float = 0.0) -> None:
         try:
@@ -149,3 +175,49 @@ def capture_greeting(port: int) -> bytes:
                 break
             data += chunk
         return data[: 4 + int.from_bytes(data[:3], "little")]
+
+
+def read_frame(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """One whole MySQL frame (header and payload) from `sock`; OSError if the peer closes first."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:3], "little"):
+        chunk = sock.recv(4 + int.from_bytes(data[:3], "little") - len(data) if len(data) >= 4 else 4 - len(data))
+        if not chunk:
+            raise ConnectionResetError("peer closed inside a frame")
+        data += chunk
+    sock.settimeout(None)
+    return data
+
+
+CLIENT_SSL = 0x0800  # capability flag, in the greeting's lower two capability bytes
+
+
+def without_client_ssl(greeting_frame: bytes) -> bytes:
+    """The greeting frame with CLIENT_SSL cleared, edited byte by byte (protocol version, NUL-terminated
+    server version, thread id 4, auth data 8, filler 1, then the lower capability flags, little-endian)."""
+    payload = bytearray(greeting_frame[4:])
+    assert payload[0] == 0x0A, "not a protocol-10 greeting"
+    flags_at = payload.index(0, 1) + 1 + 4 + 8 + 1
+    flags = int.from_bytes(payload[flags_at:flags_at + 2], "little")
+    assert flags & CLIENT_SSL, "the server does not offer TLS to begin with"
+    payload[flags_at:flags_at + 2] = (flags & ~CLIENT_SSL).to_bytes(2, "little")
+    return greeting_frame[:4] + bytes(payload)
+
+
+def strip_tls_from_greeting(relay: RecordingRelay, client: socket.socket, server: socket.socket) -> None:
+    """A downgrade attack: forward the real server's greeting with CLIENT_SSL removed."""
+    relay.forward_frame(server, client, to_client=True, edit=without_client_ssl)
+
+
+def inject_after_ssl_request(payload: bytes) -> Prelude:
+    """An injection attack: forward the greeting and the client's SSLRequest, then send `payload` to the
+    client in plaintext before the server's first TLS byte, as if the server had said it."""
+    def prelude(relay: RecordingRelay, client: socket.socket, server: socket.socket) -> None:
+        relay.forward_frame(server, client, to_client=True)
+        relay.forward_frame(client, server, to_client=False)  # the SSLRequest
+        with relay._lock:
+            relay.to_client.extend(payload)
+        client.sendall(payload)
+
+    return prelude
