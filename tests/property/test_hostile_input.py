@@ -26,6 +26,7 @@ greetings = st.sampled_from(H.GREETINGS)
 responses = st.integers(min_value=0, max_value=len(H.RESPONSES) - 1)
 scripts = st.integers(min_value=0, max_value=len(H.AUTH_SCRIPTS) - 1)
 seeds = st.integers(min_value=0, max_value=2**32)
+packet_payloads = st.lists(st.one_of(st.sampled_from(H.INTERESTING_PAYLOADS), st.binary(max_size=40)), max_size=4)
 
 
 def _client_scenario(greeting: bytes, response: int, script: int, ops: list, extra: bytes) -> list:
@@ -112,6 +113,23 @@ def test_valid_exchanges_survive_every_split_point(response: int, script: int) -
     assert reference.state is not State.GREETING
     for point in range(1, len(steps[1].data)):
         H.same_outcome(reference, H.run(steps, lambda i, d, p=point: H.cut_at(d, [p]) if i == 1 else (d,)))
+
+
+@given(greetings, responses, st.integers(min_value=0, max_value=2), packet_payloads, packet_payloads, seeds, st.booleans())
+def test_packet_level_exchanges_in_random_chunkings(
+    greeting: bytes, response: int, script: int, from_server: list, from_client: list, seed: int, upstream_tls: bool
+) -> None:
+    """Whole frames at the sequence ids the machine expects (so they get past the order check), with
+    payloads that mean something in the auth exchange, from either side."""
+    first = 3 if upstream_tls else 2
+    server_tail, client_tail = H.frames_from(first, from_server), H.frames_from(first, from_client)
+    for steps in (
+        H.client_side(greeting, H.RESPONSES[response], script, client_tail),
+        H.server_side(greeting, H.RESPONSES[response], server_tail, client_tail),
+        H.server_side(greeting, H.RESPONSES[response], server_tail, H.frames_from(first + 1, from_client)),
+    ):
+        reference = H.run(steps, upstream_tls=upstream_tls)
+        H.same_outcome(reference, H.run(steps, H.random_cutter(seed), upstream_tls=upstream_tls))
 
 
 # ---- huge announced lengths ---------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from tests.fixtures import responses as R
 from tests.support.playbook import ClientData, ServerData, Step, TlsEstablished, merge_effects
 from tlsproxy.certs import AuthRsaKey
 from tlsproxy.errors import TlsProxyError
-from tlsproxy.mysql.codec import encode_frame
-from tlsproxy.mysql.constants import HEADER_SIZE
+from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, FrameSkipper, encode_frame
+from tlsproxy.mysql.constants import HEADER_SIZE, MASKED_CAPABILITIES, Capability
 from tlsproxy.mysql.handshake import (
     CloseConnection,
     HandshakeMachine,
@@ -33,6 +33,14 @@ from tlsproxy.mysql.handshake import (
     StartRelay,
     StartUpstreamTls,
     State,
+)
+from tlsproxy.mysql.messages import (
+    parse_auth_switch,
+    parse_change_user,
+    parse_err,
+    parse_handshake_response,
+    parse_initial_handshake,
+    patch_greeting_capabilities,
 )
 
 MAX_PACKET = 512
@@ -65,7 +73,22 @@ AUTH_SCRIPTS: tuple[tuple[bytes, bytes, bytes], ...] = (
     (encode_frame(3, SWITCH_SHA256), encode_frame(3, b"\x01"), b""),
     (encode_frame(3, b"\xff\x15\x04#28000Access denied"), b"", b""),
     (encode_frame(3, OK), encode_frame(0, CHANGE_USER), encode_frame(1, SWITCH_SHA2)),
+    # a command pipelined behind COM_CHANGE_USER, relayed after its OK
+    (encode_frame(3, OK), encode_frame(0, CHANGE_USER) + encode_frame(0, b"\x03SELECT 1"), encode_frame(1, OK)),
 )
+
+# Payloads worth sending as whole frames at the sequence id the machine expects (`frames_from`).
+INTERESTING_PAYLOADS: tuple[bytes, ...] = (
+    b"", b"\x00", OK, b"\xff", b"\xff\x15\x04#28000denied", b"\xfe", b"\xfe\x00", SWITCH_SHA2, SWITCH_SHA256,
+    b"\xfemysql_native_password\x00", b"\x01", b"\x01\x03", b"\x01\x04", b"\x04", b"\x02", PASSWORD, CHANGE_USER,
+    b"\x11", b"\x01\x00", bytes(256), b"\x01" * 256, bytes(MAX_PACKET), G.MYSQL_80.payload,
+)
+
+
+def frames_from(first_sequence_id: int, payloads: Iterable[bytes]) -> bytes:
+    """Frames with consecutive sequence ids, every other one (the peer's turn in between is the other leg)."""
+    return b"".join(encode_frame((first_sequence_id + 2 * i) & 0xFF, p) for i, p in enumerate(payloads))
+
 
 Cutter = Callable[[int, bytes], Iterable[bytes]]
 """(index of the step, its bytes) -> the pieces to feed, in order."""
@@ -215,3 +238,76 @@ def same_outcome(reference: Outcome, other: Outcome) -> None:
         raise AssertionError(f"chunking changed the error: {reference.error} vs {other.error}")
     if reference.error is None and (reference.effects != other.effects or reference.state != other.state):
         raise AssertionError(f"chunking changed the effects:\n{reference.effects}\nvs\n{other.effects}")
+
+
+# ---- the codec ----------------------------------------------------------------------------------
+
+_PARSERS = (parse_initial_handshake, parse_handshake_response, parse_auth_switch, parse_err)
+_CHANGE_USER_FLAGS = (0, int(Capability.SECURE_CONNECTION), int(Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH))
+
+
+def parse_everything(payload: bytes) -> None:
+    """Every parser on `payload`: only DecodeError may escape; a greeting that parses can be patched."""
+    for parse in _PARSERS:
+        try:
+            parsed = parse(payload)
+        except DecodeError:
+            continue
+        if parse is parse_initial_handshake:
+            patched = patch_greeting_capabilities(payload, parsed, MASKED_CAPABILITIES)  # type: ignore[arg-type]
+            if len(patched) != len(payload):
+                raise AssertionError("patching the greeting changed its length")
+            if parse_initial_handshake(patched).auth_plugin_data != parsed.auth_plugin_data:  # type: ignore[union-attr]
+                raise AssertionError("patching the greeting changed its nonce")
+    for flags in _CHANGE_USER_FLAGS:
+        try:
+            parse_change_user(payload, flags)
+        except DecodeError:
+            pass
+
+
+def frames_of(pieces: Iterable[bytes], max_payload: int) -> tuple[list[Frame], str | None, int]:
+    """Frames a FrameBuffer hands out for the pieces, the DecodeError that stopped it and the bytes left."""
+    buffer = FrameBuffer(max_payload)
+    out: list[Frame] = []
+    for piece in pieces:
+        buffer.feed(piece)
+        try:
+            while (frame := buffer.next_frame()) is not None:
+                out.append(frame)
+        except DecodeError as error:
+            return out, str(error), len(buffer)
+        if len(buffer) >= HEADER_SIZE + max_payload:
+            raise AssertionError(f"FrameBuffer holds {len(buffer)} bytes without a whole frame")
+    return out, None, len(buffer)
+
+
+def skipper_stops(pieces: Iterable[bytes], claim_seq: int, claim_byte: int) -> list[int]:
+    """Stream offsets where a FrameSkipper stops at a claimed frame (each claimed frame is then consumed
+    whole, as the machine does), fed piece by piece with the unconsumed tail kept, as its contract says."""
+    def claim(length: int, sequence_id: int, first_byte: int) -> bool:
+        return sequence_id == claim_seq and first_byte == claim_byte and length < 1 << 16
+
+    skipper = FrameSkipper(claim)
+    stops: list[int] = []
+    offset = 0  # stream offset of tail[0]
+    tail = b""
+    for piece in pieces:
+        data = tail + piece
+        while data:
+            passed = skipper.feed(data)
+            if not 0 <= passed <= len(data):
+                raise AssertionError(f"FrameSkipper passed {passed} of {len(data)} bytes")
+            offset += passed
+            data = data[passed:]
+            if len(data) <= HEADER_SIZE:
+                break
+            length = int.from_bytes(data[:3], "little")
+            if len(data) < HEADER_SIZE + length:
+                break  # a claimed frame, not whole yet
+            stops.append(offset)
+            skipper.skip_claimed()
+            offset += HEADER_SIZE + length
+            data = data[HEADER_SIZE + length :]
+        tail = data
+    return stops
