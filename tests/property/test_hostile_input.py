@@ -16,7 +16,14 @@ from tests.support import hostile as H
 from tests.support.playbook import ServerData
 from tlsproxy.errors import ClientProtocolError, ServerProtocolError
 from tlsproxy.mysql.codec import encode_frame
-from tlsproxy.mysql.handshake import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET, HandshakeMachine, State
+from tlsproxy.mysql.handshake import (
+    DEFAULT_MAX_AUTH_PACKETS,
+    DEFAULT_MAX_HANDSHAKE_PACKET,
+    HandshakeMachine,
+    SendToClient,
+    SendToServer,
+    State,
+)
 
 mutations = st.lists(
     st.tuples(st.sampled_from(H.MUTATIONS), st.integers(min_value=0, max_value=1 << 16), st.binary(min_size=1, max_size=8)),
@@ -103,14 +110,20 @@ def test_mutations_from_either_side_in_random_chunkings(
         H.same_outcome(reference, H.run(steps, H.bytewise, upstream_tls=upstream_tls))
 
 
+# where each of H.AUTH_SCRIPTS leaves the machine: relaying, still authenticating (the script stops
+# mid-exchange), closed after upstream's ERR, or inside COM_CHANGE_USER
+EXPECTED_END = [State.RELAY, State.RELAY, State.RELAY, State.AUTH, State.AUTH, State.AUTH, State.CLOSED,
+                State.CHANGE_USER, State.RELAY]
+
+
 @pytest.mark.parametrize("response", range(len(H.RESPONSES)))
 @pytest.mark.parametrize("script", range(len(H.AUTH_SCRIPTS)))
 def test_valid_exchanges_survive_every_split_point(response: int, script: int) -> None:
-    """The unmutated exchanges get somewhere (no error, past the greeting) in every split."""
+    """The unmutated exchanges end where the script leads, without an error, in every split."""
     steps = _client_scenario(H.GREETINGS[0], response, script, [], b"")
     reference = H.run(steps)
-    assert reference.error is None or script == 6 and reference.state is State.CLOSED
-    assert reference.state is not State.GREETING
+    assert reference.error is None
+    assert reference.state is EXPECTED_END[script]
     for point in range(1, len(steps[1].data)):
         H.same_outcome(reference, H.run(steps, lambda i, d, p=point: H.cut_at(d, [p]) if i == 1 else (d,)))
 
@@ -262,3 +275,29 @@ def test_bytes_behind_change_user_are_bounded(reads: int) -> None:
     # one packet's worth is fine
     outcome = H.run(_relay_steps(change_user + encode_frame(0, b"\x03" + bytes(H.MAX_PACKET - 1)), encode_frame(1, H.OK)))
     assert outcome.error is None and outcome.state is State.RELAY
+
+
+# ---- regressions: what the properties found -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reads", ["one read", "two reads"])
+def test_client_bytes_pipelined_after_its_response_are_refused_in_any_read(reads: str) -> None:
+    """Found by test_valid_response_then_short_garbage_in_every_chunking_of_the_garbage: a byte after the
+    HandshakeResponse in the same read was held and handled after TLS, the same byte in the next read
+    refused. Now both are refused, before anything goes upstream."""
+    stream = H.RESPONSES[0] + encode_frame(2, b"\x00")
+    cut = len(H.RESPONSES[0]) if reads == "two reads" else len(stream)
+    outcome = H.run(H.client_side(H.GREETINGS[0], stream, 0), lambda i, d: H.cut_at(d, [cut]) if i == 1 else (d,))
+    assert outcome.error == (ClientProtocolError, "client sent data before the server answered its handshake response")
+
+
+@pytest.mark.parametrize("reads", ["one read", "two reads"])
+def test_a_command_pipelined_behind_change_user_is_relayed_after_it_in_any_read(reads: str) -> None:
+    """Found by test_bytes_behind_change_user_mean_the_same_in_every_split: in a later read, the command
+    was taken for the client's auth answer and forwarded at once, which broke the upstream sequence."""
+    change_user, select = encode_frame(0, H.CHANGE_USER), encode_frame(0, b"\x03SELECT 1")
+    steps = _relay_steps(change_user + select, encode_frame(1, H.OK))
+    cut = len(change_user) if reads == "two reads" else 0
+    outcome = H.run(steps, lambda i, d: H.cut_at(d, [cut]) if i == 4 else (d,))
+    assert outcome.error is None and outcome.state is State.RELAY
+    assert outcome.effects[-3:] == (SendToServer(change_user), SendToClient(encode_frame(1, H.OK)), SendToServer(select))
