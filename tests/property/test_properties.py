@@ -18,6 +18,7 @@ from tests.fixtures import greetings as G
 from tests.fixtures import responses as R
 from tests.fixtures.greetings import build_greeting
 from tests.fixtures.responses import build_response
+from tests.support.hostile import check_buffers
 from tests.support.playbook import merge_effects
 from tlsproxy.certs import AuthRsaKey
 from tlsproxy.errors import TlsProxyError
@@ -310,16 +311,6 @@ def _event_bytes(m: HandshakeMachine, side: str, kind: str, data: bytes, seq: in
     return encode_frame(seq, data)
 
 
-def _check_buffers(m: HandshakeMachine, largest_chunk: int) -> None:
-    if m.state is State.CLOSED:
-        return  # the machine is dead
-    limit = MAX_PACKET + HEADER_SIZE
-    assert len(m._client_frames) <= limit  # noqa: SLF001
-    assert len(m._server_frames) <= limit  # noqa: SLF001
-    assert len(m._relay_tail) <= limit  # noqa: SLF001
-    assert len(m._change_user_pending_client) <= largest_chunk  # noqa: SLF001
-
-
 Event = tuple[str, str, bytes, "int | None"]
 
 
@@ -327,7 +318,6 @@ def _drive(m: HandshakeMachine, evs: list[Event], split: Callable[[bytes], list[
     """Feed the events; the merged effects and the class of the TlsProxyError that stopped it (if any).
     Anything else than a TlsProxyError fails the test."""
     effects: list[object] = []
-    largest = 0
     for side, kind, data, seq in evs:
         if side == "tls":
             if m.state is not State.TLS_PENDING:
@@ -338,7 +328,6 @@ def _drive(m: HandshakeMachine, evs: list[Event], split: Callable[[bytes], list[
             wire = _event_bytes(m, side, kind, data, seq)
             receive = m.receive_client_data if side == "client" else m.receive_server_data
             pieces = [lambda piece=piece, receive=receive: receive(piece) for piece in split(wire)]
-            largest = max(largest, len(wire))
         for piece_call in pieces:
             try:
                 effects += piece_call()
@@ -349,7 +338,8 @@ def _drive(m: HandshakeMachine, evs: list[Event], split: Callable[[bytes], list[
                     assert packet[4] == 0xFF
                 assert m.state is State.CLOSED
                 return merge_effects(effects), type(error)  # type: ignore[arg-type]
-            _check_buffers(m, largest)
+            if m.state is not State.CLOSED:
+                check_buffers(m)
             for effect in effects:
                 assert isinstance(effect, (SendToClient, SendToServer)) or type(effect).__module__.endswith("handshake")
     return merge_effects(effects), None  # type: ignore[arg-type]

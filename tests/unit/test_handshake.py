@@ -516,7 +516,8 @@ def test_sequence_ids_rewritten_both_ways_through_a_multi_round_exchange() -> No
 
 
 def test_sequence_ids_wrap_at_256() -> None:
-    playbook = connected(G.MARIADB_10_11_CAPTURED, C1_MARIADB)
+    # 400 packets: far over the default auth budget (DEFAULT_MAX_AUTH_PACKETS), raised for this test
+    playbook = connected(G.MARIADB_10_11_CAPTURED, C1_MARIADB, max_auth_packets=1000)
     server_seq, client_seq = 3, 2
     for _ in range(200):
         playbook = (

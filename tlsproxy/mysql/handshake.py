@@ -39,6 +39,7 @@ from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, FrameSkipper, 
 from tlsproxy.mysql.constants import (
     CACHING_SHA2_PERFORM_FULL_AUTH,
     CACHING_SHA2_REQUEST_PUBLIC_KEY,
+    HEADER_SIZE,
     MASKED_CAPABILITIES,
     MAX_PACKET_PAYLOAD,
     NONCE_SIZE,
@@ -66,6 +67,13 @@ from tlsproxy.mysql.messages import (
 
 DEFAULT_MAX_HANDSHAKE_PACKET = 1 << 20
 """No connection-phase packet is near this size; a larger one is refused rather than buffered."""
+
+DEFAULT_MAX_AUTH_PACKETS = 64
+"""Packets (both directions) one authentication exchange may take after the HandshakeResponse. Real ones
+take at most a handful (caching_sha2 full auth with an AuthSwitch: 6); a peer looping AuthSwitch or
+auth-more-data forever is cut off instead of holding the connection until the handshake timeout."""
+
+CLIENT_DATA_BEFORE_ANSWER = "client sent data before the server answered its handshake response"
 
 
 # ---- effects -------------------------------------------------------------------------------------
@@ -153,11 +161,14 @@ class HandshakeMachine:
         upstream_tls: bool = True,
         auth_key: AuthKey | None = None,
         max_handshake_packet: int = DEFAULT_MAX_HANDSHAKE_PACKET,
+        max_auth_packets: int = DEFAULT_MAX_AUTH_PACKETS,
     ) -> None:
         self.upstream_tls = upstream_tls
         self._auth_key = auth_key
         self._intercept_rsa = upstream_tls and auth_key is not None
         self._max_packet = max_handshake_packet
+        self._max_auth_packets = max_auth_packets
+        self._auth_packets = 0
         self.state = State.GREETING
         self._server_frames = FrameBuffer(max_handshake_packet)
         self._client_frames = FrameBuffer(max_handshake_packet)
@@ -214,7 +225,7 @@ class HandshakeMachine:
         if self.state is State.TLS_PENDING:
             # The client waits for the server's answer to its response; it has nothing to send now.
             self._fail()
-            raise ClientProtocolError("client sent data before the server answered its handshake response")
+            raise ClientProtocolError(CLIENT_DATA_BEFORE_ANSWER)
         return self._guarded(lambda: self._feed_client(data), ClientProtocolError, "client")
 
     def adopt_prewarmed_upstream(self, greeting_payload: bytes, ssl_request: bytes) -> list[Effect]:
@@ -270,6 +281,11 @@ class HandshakeMachine:
         return effects
 
     def _feed_client(self, data: bytes) -> list[Effect]:
+        if self.state is State.CHANGE_USER and self._server_seq == 1:
+            # Upstream has not answered COM_CHANGE_USER yet, so nothing the client sends now belongs to
+            # the exchange: hold it behind the command, as if it had come in the same read.
+            self._hold_behind_change_user(data)
+            return []
         self._client_frames.feed(data)
         return self._drain_client_frames()
 
@@ -321,6 +337,7 @@ class HandshakeMachine:
         if self.state is State.CLIENT_RESPONSE:
             raise ServerProtocolError("upstream sent a packet before the client answered its greeting")
         self._check_sequence(frame, self._server_seq, ServerProtocolError, "upstream")
+        self._count_auth_packet(ServerProtocolError)
         self._server_seq += 1
         return self._on_server_auth_packet(frame.payload)
 
@@ -452,6 +469,7 @@ class HandshakeMachine:
             elif self.state is State.REAUTH:
                 effects += self._on_reauth_reply(frame.payload)
             else:
+                self._count_auth_packet(ClientProtocolError)
                 effects += self._on_client_auth_packet(frame.payload)
         return effects
 
@@ -480,6 +498,10 @@ class HandshakeMachine:
             return self._send_client_response_upstream()
         if len(self._server_frames):
             raise ServerProtocolError("upstream sent unexpected data after its greeting")
+        if len(self._client_frames):
+            # The same as bytes arriving in a later read (receive_client_data in TLS_PENDING): the client
+            # must wait for the server's answer, whatever the read boundaries.
+            raise ClientProtocolError(CLIENT_DATA_BEFORE_ANSWER)
         ssl_request = ssl_request_from_response(patched, clear)
         self.ssl_request = ssl_request
         if self._warm_ssl_request is not None:
@@ -637,8 +659,18 @@ class HandshakeMachine:
         effects += self._start_change_user(frame)
         remainder = frames.take_rest()
         if remainder:
-            self._change_user_pending_client += remainder
+            self._hold_behind_change_user(remainder)
         return effects
+
+    def _hold_behind_change_user(self, data: bytes) -> None:
+        """Client bytes pipelined behind COM_CHANGE_USER, relayed once it is answered; at most one
+        connection-phase packet's worth."""
+        self._change_user_pending_client += data
+        if len(self._change_user_pending_client) > self._max_packet + HEADER_SIZE:
+            self._fail()  # also reached from the unguarded relay path
+            raise ClientProtocolError(
+                f"client sent more than {self._max_packet} bytes behind COM_CHANGE_USER before the server answered it",
+            )
 
     def _start_change_user(self, frame: Frame) -> list[Effect]:
         """COM_CHANGE_USER re-runs authentication inside the command phase, ids starting at 0 on both legs."""
@@ -655,6 +687,7 @@ class HandshakeMachine:
         self._client_frames = FrameBuffer(self._max_packet)
         self._client_seq = 1
         self._server_seq = 1
+        self._auth_packets = 0
         return [SendToServer(frame.encode())]
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -669,6 +702,14 @@ class HandshakeMachine:
         data = encode_frame(self._server_seq, payload)
         self._server_seq = (self._server_seq + 1) & 0xFF
         return SendToServer(data)
+
+    def _count_auth_packet(self, error: type[TlsProxyError]) -> None:
+        self._auth_packets += 1
+        if self._auth_packets > self._max_auth_packets:
+            raise error(
+                f"authentication took more than {self._max_auth_packets} packets; an AuthSwitch or "
+                "auth-more-data loop? giving up",
+            )
 
     @staticmethod
     def _check_sequence(frame: Frame, expected: int, error: type[TlsProxyError], side: str) -> None:
