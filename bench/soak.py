@@ -12,7 +12,8 @@ route:
   then does a random number of operations, each after a random pause (uniform 0 .. 2 x
   QUERY_INTERVAL), then quits and logs in again. The number of operations is uniform in
   1 .. 2L - 1 with L = CONNECTIONS / (RECONNECT_RATE x QUERY_INTERVAL), so the connections together
-  reconnect about RECONNECT_RATE times a second;
+  reconnect about RECONNECT_RATE times a second (a little less: each operation also takes its own
+  time); the first lifetime of each connection is drawn as if it were already under way;
 * an operation is an echo (SELECT of a random 63-bit number, a random token and the connection's
   index, checked field by field) or, one time in BLOB_EVERY, a blob round trip: INSERT of random
   bytes with their SHA-256, SELECT of the bytes back with the server's SHA2() of them (both checked
@@ -264,11 +265,16 @@ class Soak:
         while time.monotonic() < self.deadline:
             connection = None
             connecting = True
+            # The first lifetime is the remaining part of one already under way (the renewal process's
+            # stationary residual, density falling linearly from 1/L to 0 over 0 .. 2L): otherwise all
+            # connections would start their first lifetime together and churn would build up only slowly.
+            lifetime = (max(1, min(most, round(2 * mean * (1 - math.sqrt(1 - rng.random()))))) if first
+                        else rng.randint(1, most))
             try:
                 connection = await self._login(index, first)
                 first, connecting = False, False
                 await self._check_tls(connection)
-                for _ in range(rng.randint(1, most)):
+                for _ in range(lifetime):
                     if not await self._pause(rng.uniform(0, 2 * config.query_interval_s)):
                         break
                     if rng.randrange(config.blob_every) == 0:
