@@ -1,4 +1,4 @@
-"""`python -m bench run --quick|--full [--out DIR]`."""
+"""`python -m bench run --quick|--full [--out DIR]`; `python -m bench soak [--connections N --duration S ...]`."""
 
 from __future__ import annotations
 
@@ -101,9 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date-time>/)")
     run_parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
     run_parser.add_argument("--workers", type=int, default=1, help="tlsproxy's worker processes (default 1)")
+    from bench import soak
+
+    soak_parser = commands.add_parser("soak", help="many connections with reconnect churn for minutes, every answer "
+                                      "checked, the proxy's RSS over time (bench/soak.py)")
+    soak.add_arguments(soak_parser)
     report_parser = commands.add_parser("report", help="render report.md and the plots again from DIR/results.json")
     report_parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "soak":
+        return soak.command(args)
     if args.command == "report":
         from bench.report import write_report
 

@@ -79,6 +79,7 @@ class BenchEnv:
     socat_process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     sockets: dict[str, Path] = field(default_factory=dict)
+    route_max_connections: int = 20000
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -163,7 +164,8 @@ class BenchEnv:
                  "shutdown_grace: 0", f"workers: {self.workers}", "routes:"]
         for name, (listen, mode) in routes.items():
             lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
-                      f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}", "    max_connections: 20000",
+                      f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}",
+                      f"    max_connections: {self.route_max_connections}",
                       "    handshake_timeout: 60"]
             if name == PREWARM_ROUTE:
                 lines.append(f"    prewarm: {PREWARM_SIZE}")

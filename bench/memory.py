@@ -3,8 +3,7 @@
 them all.
 
 The proxy is restarted first (same configuration) so the numbers do not depend on what ran before.
-The clients are one asyncio program in this process: plain streams, the mysql_native_password login
-written out here (scramble = SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw)))), at most CONCURRENCY logins
+The clients are one asyncio program in this process (bench/myclient.py), at most CONCURRENCY logins
 in flight, each one checked to end in OK. Connections are added cumulatively (0 -> N1 -> N2); every
 point is read after the proxy's fd count has settled. A few connections are opened and closed before
 the 0 point so that one-time allocations of the first connection (lazy imports, the TLS context's
@@ -15,7 +14,6 @@ first use) are not charged to the slope. After closing all, the largest count is
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -23,83 +21,15 @@ from typing import Any
 
 from bench.env import BENCH_PASSWORD, BENCH_USER, BenchEnv
 from bench.model import SCENARIO_BY_NAME, RunSize
+from bench.myclient import COM_QUIT, NATIVE_PASSWORD, LoginError, login
 from bench.procs import rss_kib
-from tlsproxy.mysql.codec import encode_frame, parse_header
-from tlsproxy.mysql.constants import Capability
-from tlsproxy.mysql.messages import (
-    parse_auth_switch,
-    parse_err,
-    parse_initial_handshake,
-)
+from tlsproxy.mysql.codec import encode_frame
 
 SCENARIO = "proxy_tls_tcp"
 CONCURRENCY = 100
 WARMUP_CONNECTIONS = 20
 LOGIN_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 30.0
-NATIVE_PASSWORD = "mysql_native_password"
-UTF8MB4_GENERAL_CI = 45
-CLIENT_CAPABILITIES = (
-    Capability.LONG_PASSWORD | Capability.LONG_FLAG | Capability.PROTOCOL_41 | Capability.TRANSACTIONS
-    | Capability.SECURE_CONNECTION | Capability.MULTI_RESULTS | Capability.PLUGIN_AUTH
-)
-COM_QUIT = b"\x01"
-
-
-class LoginError(RuntimeError):
-    pass
-
-
-def native_password_scramble(password: str, nonce: bytes) -> bytes:
-    """mysql_native_password: SHA1(pw) XOR SHA1(nonce + SHA1(SHA1(pw)))."""
-    if not password:
-        return b""
-    stage1 = hashlib.sha1(password.encode()).digest()
-    stage2 = hashlib.sha1(stage1).digest()
-    mask = hashlib.sha1(nonce[:20] + stage2).digest()
-    return bytes(a ^ b for a, b in zip(stage1, mask))
-
-
-def handshake_response(user: str, password: str, nonce: bytes) -> bytes:
-    """HandshakeResponse41 payload: 4.1 protocol, no database, no TLS, native password."""
-    auth = native_password_scramble(password, nonce)
-    return (int(CLIENT_CAPABILITIES).to_bytes(4, "little") + (1 << 24).to_bytes(4, "little")
-            + bytes((UTF8MB4_GENERAL_CI,)) + bytes(23) + user.encode() + b"\x00"
-            + bytes((len(auth),)) + auth + NATIVE_PASSWORD.encode() + b"\x00")
-
-
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    length, sequence_id = parse_header(await reader.readexactly(4))
-    return sequence_id, await reader.readexactly(length)
-
-
-async def login(host: str, port: int, user: str = BENCH_USER,
-                password: str = BENCH_PASSWORD) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """One connection, logged in (OK received); raises LoginError otherwise."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        sequence_id, payload = await _read_packet(reader)
-        if payload[:1] == b"\xff":
-            raise LoginError(f"refused before login: {parse_err(payload).error_message}")
-        greeting = parse_initial_handshake(payload)
-        writer.write(encode_frame(sequence_id + 1, handshake_response(user, password, greeting.nonce)))
-        for _ in range(3):
-            sequence_id, payload = await _read_packet(reader)
-            if payload[:1] == b"\x00":
-                return reader, writer
-            if payload[:1] == b"\xff":
-                raise LoginError(f"login failed: {parse_err(payload).error_message}")
-            if payload[:1] == b"\xfe":  # AuthSwitchRequest
-                switch = parse_auth_switch(payload)
-                if switch.plugin_name != NATIVE_PASSWORD:
-                    raise LoginError(f"server asked for {switch.plugin_name}; only {NATIVE_PASSWORD} is spoken here")
-                writer.write(encode_frame(sequence_id + 1, native_password_scramble(password, switch.nonce)))
-                continue
-            raise LoginError(f"unexpected packet 0x{payload[0]:02x} during login")
-        raise LoginError("login did not finish")
-    except BaseException:
-        writer.close()
-        raise
 
 
 def fd_count(pid: int) -> int:
