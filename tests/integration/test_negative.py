@@ -99,6 +99,22 @@ def test_upstream_that_never_speaks(pki: TestPki, event_loop_name: str) -> None:
             assert_refused(proxy.port, "handshake timed out after 1s (phase: greeting)", code=1159)
 
 
+def test_upstream_gone_right_after_its_greeting(pki: TestPki, event_loop_name: str) -> None:
+    """The server greets and closes before the client's response is read: every client still gets the
+    proxy's error, stamped with the id it expects after sending its response (PyMySQL checks it)."""
+    from tests.fixtures.greetings import MARIADB_10_11_CAPTURED_FRAME
+
+    def greet_and_close(conn: socket.socket, received: bytearray) -> None:
+        conn.sendall(MARIADB_10_11_CAPTURED_FRAME)
+        conn.close()
+
+    with ScriptedUpstream(greet_and_close) as upstream:
+        route = make_route(upstream.port, upstream_host="127.0.0.1", ca_file=pki.ca)
+        with ProxyThread(route, event_loop=event_loop_name) as proxy:
+            for _ in range(3):  # the close may land before or after the client's response: both ways
+                assert_refused(proxy.port, "upstream closed the connection during the")
+
+
 def test_server_bytes_after_ssl_request_are_refused(mariadb: MariaDBServer, pki: TestPki) -> None:
     """A server that answers the SSLRequest with plaintext (an injection attempt) is cut off."""
     greeting = capture_greeting(mariadb.port)

@@ -190,6 +190,7 @@ class HandshakeMachine:
         self._relay_tail = b""
         self._change_user_pending_client = b""
         self._client_sent_quit = False
+        self._client_frames_taken = False
         self._warm_ssl_request: bytes | None = None
         self._replacement_ssl_request = b""
         self._reauth = False
@@ -318,6 +319,10 @@ class HandshakeMachine:
             return None
         if not self._greeting_sent:
             sequence_id, protocol_41 = 0, False
+        elif not self._client_frames_taken and self._client_seq == 1:
+            # The client got the greeting but its response has not been read: it sends it (seq 1)
+            # before it reads anything, so it reads this ERR as the answer to it.
+            sequence_id, protocol_41 = 2, True
         else:
             sequence_id = self._client_seq
             protocol_41 = True if self._client_protocol_41 is None else self._client_protocol_41
@@ -462,6 +467,7 @@ class HandshakeMachine:
             frame = self._client_frames.next_frame()
             if frame is None:
                 break
+            self._client_frames_taken = True
             self._check_sequence(frame, self._client_seq, ClientProtocolError, "client")
             self._client_seq += 1
             if self.state is State.CLIENT_RESPONSE:
