@@ -10,6 +10,7 @@ import socket
 import stat
 from pathlib import Path
 
+from tlsproxy import allocator
 from tlsproxy.config import ConfigError, ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
 from tlsproxy.metrics import ProxyMetrics
@@ -21,6 +22,7 @@ from tlsproxy.tls import build_upstream_tls
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = socket.SOMAXCONN
+TRIM_INTERVAL_SECONDS = 30.0
 """asyncio's default of 100 overflows when a few thousand clients connect at once (a pool reconnecting
 after a failover): the kernel drops the SYNs and each of those clients waits a 1 s retransmit."""
 
@@ -38,6 +40,7 @@ class RouteListener:
         self.route = runtime.route
         self.sessions: set[Session] = set()
         self.closed_bytes = {"client_to_server": 0, "server_to_client": 0}  # of sessions already gone
+        self.sessions_closed = 0
         self._server: asyncio.AbstractServer | None = None
         self._draining = False
         self.address: str = str(self.route.listen)
@@ -86,6 +89,7 @@ class RouteListener:
             self.sessions.discard(session)
             self.closed_bytes["client_to_server"] += session.stats.bytes_client_to_server
             self.closed_bytes["server_to_client"] += session.stats.bytes_server_to_client
+            self.sessions_closed += 1
 
     def cached_tls_sessions(self) -> int:
         upstream_tls = self.runtime.upstream_tls
@@ -184,6 +188,7 @@ class Proxy:
                           for i, route in enumerate(config.routes)]
         self._tls_files = TlsFileWatch(config)
         self._watch_task: asyncio.Task[None] | None = None
+        self._trim_task: asyncio.Task[None] | None = None
         for listener in self.listeners:
             self.metrics.connections_active.labels(listener.route.name).set_function(
                 lambda listener=listener: len(listener.sessions))
@@ -220,6 +225,8 @@ class Proxy:
                             ",".join(route.tls.tls_versions))
         if self.config.tls_files_check_interval:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch_tls_files())
+        if allocator.tune():
+            self._trim_task = asyncio.get_running_loop().create_task(self._trim_memory())
 
     def reload_tls(self, why: str) -> bool:
         """Build every route's TLS context again from its files (certificate rotation). New handshakes
@@ -243,6 +250,16 @@ class Proxy:
         self.metrics.config_reloads.labels("ok").inc()
         return True
 
+    async def _trim_memory(self) -> None:
+        """After connections closed, give the heap's free memory back (allocator.py)."""
+        seen = 0
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL_SECONDS)
+            closed = sum(listener.sessions_closed for listener in self.listeners)
+            if closed != seen:
+                seen = closed
+                allocator.trim()
+
     async def _watch_tls_files(self) -> None:
         while True:
             await asyncio.sleep(self.config.tls_files_check_interval)
@@ -261,8 +278,9 @@ class Proxy:
     async def stop(self, grace_seconds: float = 0.0) -> None:
         """Stop accepting, let open connections finish for up to `grace_seconds`, then close the rest."""
         self._draining = True
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        for task in (self._watch_task, self._trim_task):
+            if task is not None:
+                task.cancel()
         for listener in self.listeners:
             listener.stop_accepting()
             if listener.runtime.prewarm is not None:
