@@ -108,7 +108,7 @@ class Session:
         self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self._upstream_protocol = _UpstreamSide(self)
+        self._upstream_protocol: _UpstreamSide | None = _UpstreamSide(self)
         self._task: asyncio.Task[None] | None = None
         self._relay_started = asyncio.Event()
         self._closed = False
@@ -173,7 +173,7 @@ class Session:
             try:
                 async with asyncio.timeout(route.connect_timeout):
                     transport, _ = await self._loop.create_connection(
-                        lambda: self._upstream_protocol, route.upstream.host, route.upstream.port,
+                        lambda: self._upstream_protocol or asyncio.Protocol(), route.upstream.host, route.upstream.port,
                     )
                 break
             except TimeoutError:
@@ -256,7 +256,9 @@ class Session:
 
     async def _start_tls(self) -> None:
         upstream_tls = self.runtime.upstream_tls
-        assert upstream_tls is not None and self.upstream is not None
+        if self._closed or self.upstream is None:
+            return
+        assert upstream_tls is not None
         started = time.monotonic()
         try:
             transport = await self._loop.start_tls(
@@ -294,12 +296,14 @@ class Session:
 
     def _keep_tls_session(self) -> None:
         """Offer this connection's TLS session to the next ones. Taken once authentication is done: by
-        then a TLS 1.3 server's tickets (sent after its handshake) have been read."""
+        then a TLS 1.3 server's tickets (sent after its handshake) have been read. A resumed connection
+        offers nothing: the session it resumed stays cached (and each `.session` read leaks on older
+        CPythons, tls_sessions.py)."""
         upstream_tls = self.runtime.upstream_tls
         if upstream_tls is None or upstream_tls.sessions is None or self.upstream is None:
             return
         ssl_object = self.upstream.get_extra_info("ssl_object")
-        if ssl_object is not None:
+        if ssl_object is not None and not ssl_object.session_reused:
             upstream_tls.sessions.put(upstream_tls.server_hostname, ssl_object.session, ssl_object.version(),
                                       self.stats.certificate_not_after)
 
@@ -465,6 +469,21 @@ class Session:
         if self.runtime.metrics is not None:
             self._record_end(self.runtime.metrics)
         self._on_closed(self)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop this session's links to its transports and tasks. The protocols still point at the
+        session (a late callback finds it closed), but nothing points back, so reference counting frees
+        the connection's TLS objects and uvloop's 256 KiB read buffer as soon as the loop lets go of the
+        transports, instead of whenever a full garbage collection finds the cycle: GC is triggered by
+        counts of Python objects, and a session is few of them but holds ~100 KiB of native memory."""
+        self.client = None
+        self.upstream = None
+        self._upstream_protocol = None  # it keeps pointing here, for its late callbacks
+        self.machine.discard()
+        self._task = None
+        self._replacing = None
+        self._idle_timer = self._linger_timer = None
 
     def abort(self, reason: str) -> None:
         """Close now without flushing (shutdown after the drain period)."""

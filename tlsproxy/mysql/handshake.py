@@ -154,6 +154,10 @@ class _Await(enum.Enum):
 _OLD_RSA_PADDING_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
 
 
+def _never_claim(length: int, sequence_id: int, first_byte: int) -> bool:
+    return False
+
+
 class HandshakeMachine:
     def __init__(
         self,
@@ -302,6 +306,15 @@ class HandshakeMachine:
         ):
             return [SendToServer(encode_frame(0, bytes((Command.QUIT,))))]
         return []
+
+    def discard(self) -> None:
+        """The connection is over: enter CLOSED and drop the buffers and the relay's frame skipper (whose
+        callback points back here), so that nothing keeps this machine alive in a reference cycle."""
+        self.state = State.CLOSED
+        self._relay_skipper = FrameSkipper(_never_claim)
+        self._server_frames = FrameBuffer(self._max_packet)
+        self._client_frames = FrameBuffer(self._max_packet)
+        self._relay_tail = b""
 
     def _fail(self, greeting_sent: bool | None = None) -> None:
         """Enter CLOSED. The driver discards the effects of the failing step, so the client-leg counter
