@@ -35,11 +35,26 @@ FRESH = G.MARIADB_10  # the replacement connection's greeting: another nonce
 NEW_AUTH = bytes(range(1, 21))  # the client's scramble over the fresh nonce
 
 
-def adopted(response_prefix_of: bytes) -> Playbook:
+def adopted(response_prefix_of: bytes, **playbook: object) -> Playbook:
     return (
-        Playbook(machine())
+        Playbook(machine(), **playbook)  # type: ignore[arg-type]
         >> AdoptPrewarmed(GREETING.payload, ssl_request(response_prefix_of))
         << SendToClient(frame(0, masked(GREETING)))
+    )
+
+
+def switched_to_a_fresh_upstream(playbook: Playbook) -> Playbook:
+    """PyMySQL's response on a connection prewarmed with the CLI's SSLRequest: a fresh upstream, its
+    own SSLRequest, then the AuthSwitchRequest with the fresh nonce."""
+    return (
+        playbook
+        >> client >> frame(1, OTHER)
+        << ReplaceUpstream
+        >> server >> frame(0, FRESH.payload)
+        << SendToServer(frame(1, ssl_request(OTHER)))
+        << StartUpstreamTls()
+        >> tls_established
+        << SendToClient(frame(2, switch("mysql_native_password", FRESH.nonce)))
     )
 
 
@@ -69,14 +84,7 @@ def test_a_client_with_another_prefix_reauthenticates_against_a_fresh_upstream()
     expected_response = upstream_response(OTHER).replace(bytes((len(old_auth),)) + old_auth,
                                                           bytes((len(NEW_AUTH),)) + NEW_AUTH)
     playbook = (
-        adopted(RESPONSE)
-        >> client >> frame(1, OTHER)
-        << ReplaceUpstream
-        >> server >> frame(0, FRESH.payload)
-        << SendToServer(frame(1, ssl_request(OTHER)))
-        << StartUpstreamTls()
-        >> tls_established
-        << SendToClient(frame(2, switch("mysql_native_password", FRESH.nonce)))
+        switched_to_a_fresh_upstream(adopted(RESPONSE))
         >> client >> frame(3, NEW_AUTH)
         << SendToServer(frame(2, expected_response))
         >> server >> frame(3, OK)
@@ -88,19 +96,7 @@ def test_a_client_with_another_prefix_reauthenticates_against_a_fresh_upstream()
 
 
 def test_reauthentication_bytewise() -> None:
-    playbook = (
-        Playbook(machine(), chunker=bytewise)
-        >> AdoptPrewarmed(GREETING.payload, ssl_request(RESPONSE))
-        << SendToClient(frame(0, masked(GREETING)))
-        >> client >> frame(1, OTHER)
-        << ReplaceUpstream
-        >> server >> frame(0, FRESH.payload)
-        << SendToServer(frame(1, ssl_request(OTHER)))
-        << StartUpstreamTls()
-        >> tls_established
-        << SendToClient(frame(2, switch("mysql_native_password", FRESH.nonce)))
-    )
-    assert playbook
+    assert switched_to_a_fresh_upstream(adopted(RESPONSE, chunker=bytewise))
 
 
 def test_wrong_password_after_reauthentication_reaches_the_client_with_its_id() -> None:
