@@ -149,3 +149,27 @@ def test_server_bytes_at_the_wrong_time_are_refused(state_step: str) -> None:
     else:
         playbook = playbook >> server >> frame(1, OK) << raises(ServerProtocolError)
     assert playbook
+
+
+def test_server_bytes_while_the_client_reauthenticates_are_refused() -> None:
+    assert (
+        switched_to_a_fresh_upstream(adopted(RESPONSE))
+        >> server >> frame(3, OK)
+        << raises(ServerProtocolError, "before the client answered the AuthSwitchRequest")
+    )
+
+
+def test_bytes_behind_a_final_err_are_not_held() -> None:
+    """Found by the hostile-input property (deep profile): an ERR ends the exchange, and whatever the
+    server sent behind it in the same read is dropped rather than held in the machine."""
+    denied = b"\xff\x15\x04#28000Access denied"
+    playbook = (
+        adopted(RESPONSE)
+        >> client >> frame(1, RESPONSE)
+        << SendToServer(frame(2, upstream_response(RESPONSE)))
+        >> server >> frame(3, denied) + frame(4, b"\x00" * 600)
+        << SendToClient(frame(2, denied))
+        << CloseConnection
+    )
+    assert playbook
+    assert len(playbook.machine._server_frames) == 0  # noqa: SLF001

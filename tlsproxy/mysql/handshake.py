@@ -196,7 +196,6 @@ class HandshakeMachine:
         self._client_sent_quit = False
         self._client_frames_taken = False
         self._warm_ssl_request: bytes | None = None
-        self._replacement_ssl_request = b""
         self._reauth = False
         self.prewarmed = False
         """The upstream was a prewarmed connection (greeting, SSLRequest and TLS done before the client came)."""
@@ -276,13 +275,16 @@ class HandshakeMachine:
     def _feed_server(self, data: bytes) -> list[Effect]:
         self._server_frames.feed(data)
         effects: list[Effect] = []
-        while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.REPLACING):
+        while self.state in (State.GREETING, State.CLIENT_RESPONSE, State.AUTH, State.CHANGE_USER, State.REPLACING,
+                             State.REAUTH):
             frame = self._server_frames.next_frame()
             if frame is None:
                 break
             effects += self._on_server_frame(frame)
         if self.state is State.RELAY and len(self._server_frames):
             effects.append(SendToClient(self._server_frames.take_rest()))
+        elif self.state is State.CLOSED:
+            self._server_frames = FrameBuffer(self._max_packet)  # what follows a final ERR means nothing
         return effects
 
     def _feed_client(self, data: bytes) -> list[Effect]:
@@ -354,6 +356,8 @@ class HandshakeMachine:
             return self._on_replacement_greeting(frame)
         if self.state is State.CLIENT_RESPONSE:
             raise ServerProtocolError("upstream sent a packet before the client answered its greeting")
+        if self.state is State.REAUTH:
+            raise ServerProtocolError("upstream sent a packet before the client answered the AuthSwitchRequest")
         self._check_sequence(frame, self._server_seq, ServerProtocolError, "upstream")
         self._count_auth_packet(ServerProtocolError)
         self._server_seq += 1
@@ -389,7 +393,7 @@ class HandshakeMachine:
         self._server_seq = 2
         self._reauth = True
         self.state = State.TLS_PENDING
-        return [SendToServer(encode_frame(1, self._replacement_ssl_request)), StartUpstreamTls()]
+        return [SendToServer(encode_frame(1, self.ssl_request)), StartUpstreamTls()]
 
     def _send_reauth_switch(self) -> list[Effect]:
         assert self.client_response is not None and self.greeting is not None
@@ -527,12 +531,12 @@ class HandshakeMachine:
             if ssl_request == self._warm_ssl_request:
                 self.state = State.AUTH  # TLS is up already
                 return self._send_client_response_upstream()
-            return self._replace_prewarmed_upstream(response, ssl_request)
+            return self._replace_prewarmed_upstream(response)
         self.state = State.TLS_PENDING
         self._server_seq = 2
         return [SendToServer(encode_frame(1, ssl_request)), StartUpstreamTls()]
 
-    def _replace_prewarmed_upstream(self, response: HandshakeResponse, ssl_request: bytes) -> list[Effect]:
+    def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
         if not response.capability_flags & Capability.PLUGIN_AUTH:
             raise ClientCapabilityError(
                 "this client's capabilities differ from the prewarmed upstream connection's, and it cannot "
@@ -540,7 +544,6 @@ class HandshakeMachine:
             )
         self.prewarm_mismatch = True
         self._warm_ssl_request = None
-        self._replacement_ssl_request = ssl_request
         self._server_frames = FrameBuffer(self._max_packet)
         self.state = State.REPLACING
         return [ReplaceUpstream("the client's SSLRequest differs from the prewarmed connection's")]
