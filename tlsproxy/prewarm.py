@@ -44,10 +44,6 @@ IDLE_STOP_SECONDS = 60.0
 MAX_BACKOFF_SECONDS = 5.0
 
 
-class _Discard(asyncio.Protocol):
-    """Takes over a transport that is being thrown away."""
-
-
 class _WarmingProtocol(asyncio.BufferedProtocol):
     """The upstream leg while it warms up and waits: the greeting, then nothing (anything the server
     sends while the connection waits, such as its connect-timeout ERR, means the connection is dead)."""
@@ -114,7 +110,7 @@ class WarmUpstream:
         if self.expiry is not None:
             self.expiry.cancel()
         if not self.transport.is_closing():
-            self.transport.set_protocol(_Discard())
+            self.transport.set_protocol(asyncio.Protocol())  # no callbacks into the pool any more
             self.transport.abort()
 
 

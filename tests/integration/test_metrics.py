@@ -16,17 +16,11 @@ import pytest
 
 from tests.conftest import NATIVE, PLAIN, serve_certificate
 from tests.support.pki import TestPki
-from tests.support.proxy import CliProxy, ProxyThread, make_route
+from tests.support.proxy import CliProxy, ProxyThread, make_route, metric_value as value
 from tlsproxy import certs
 from tlsproxy.localdb import MariaDBServer
 
 pytestmark = pytest.mark.integration
-
-
-def value(proxy: ProxyThread, name: str, **labels: str) -> float:
-    registry = proxy.proxy.metrics.registry  # type: ignore[union-attr]
-    found = proxy.call(lambda: registry.get_sample_value(name, labels))
-    return 0.0 if found is None else found
 
 
 def connect(port: int, account=NATIVE, **extra) -> pymysql.Connection:

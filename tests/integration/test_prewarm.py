@@ -11,7 +11,6 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 import pymysql
 import pytest
@@ -19,17 +18,11 @@ import pytest
 from tests.conftest import ED25519, NATIVE, Account
 from tests.integration.test_clients import mariadb_cli
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyThread, make_route
+from tests.support.proxy import ProxyThread, make_route, metric_value as value, wait_for
 from tlsproxy.localdb import MariaDBServer
 from tlsproxy.mysql.messages import parse_initial_handshake
 
 pytestmark = pytest.mark.integration
-
-
-def value(proxy: ProxyThread, name: str, **labels: str) -> float:
-    registry = proxy.proxy.metrics.registry  # type: ignore[union-attr]
-    found = proxy.call(lambda: registry.get_sample_value(name, labels))
-    return 0.0 if found is None else found
 
 
 def handed(proxy: ProxyThread, outcome: str) -> float:
@@ -55,14 +48,6 @@ def ready_ids(proxy: ProxyThread) -> list[int]:
     return proxy.call(read)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def prewarmed_proxy(mariadb: MariaDBServer, pki: TestPki, *, event_loop: str = "uvloop", size: int = 2,
                     max_age: float = 5.0, **tls: object) -> ProxyThread:
     route = make_route(mariadb.port, ca_file=tls.pop("ca_file", pki.ca), name="p", **tls)
@@ -74,13 +59,13 @@ def test_the_next_client_gets_a_prewarmed_connection(mariadb: MariaDBServer, pki
     with prewarmed_proxy(mariadb, pki, event_loop=event_loop_name) as proxy:
         assert ready_ids(proxy) == []  # nothing before a client taught the pool its SSLRequest
         first = connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 2)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)
         warm = ready_ids(proxy)
         assert first not in warm
         second = connection_id(proxy.port)
         assert second == warm[0], (second, warm)
         assert handed(proxy, "handed_out") == 1
-        wait_for(lambda: len(ready_ids(proxy)) == 2)  # refilled
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)  # refilled
         warm = ready_ids(proxy)
         assert connection_id(proxy.port) == warm[0]
         assert handed(proxy, "handed_out") == 2
@@ -90,10 +75,10 @@ def test_the_next_client_gets_a_prewarmed_connection(mariadb: MariaDBServer, pki
 def test_a_connection_past_its_age_is_never_handed_out(mariadb: MariaDBServer, pki: TestPki) -> None:
     with prewarmed_proxy(mariadb, pki, max_age=0.4) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 2)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)
         old = set(ready_ids(proxy))
         time.sleep(0.6)
-        wait_for(lambda: handed(proxy, "expired") >= 2)
+        assert wait_for(lambda: handed(proxy, "expired") >= 2, 10)
         used = {connection_id(proxy.port) for _ in range(3)}
         assert not used & old, (used, old)
         assert handed(proxy, "expired") >= 2
@@ -104,7 +89,7 @@ def test_a_client_with_other_capabilities_still_logs_in(mariadb: MariaDBServer, 
     and answers that one's nonce (AuthSwitchRequest): logged in, right or wrong password as usual."""
     with prewarmed_proxy(mariadb, pki, size=1) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 1)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 1, 10)
         warm = ready_ids(proxy)
         result = mariadb_cli(proxy.port, NATIVE.user, NATIVE.password, "SELECT CONNECTION_ID()")
         assert result.returncode == 0, result.stderr
@@ -113,7 +98,7 @@ def test_a_client_with_other_capabilities_still_logs_in(mariadb: MariaDBServer, 
         wrong = mariadb_cli(proxy.port, NATIVE.user, "wrong", "SELECT 1")
         assert wrong.returncode == 1 and "Access denied" in wrong.stderr, wrong.stderr
         # the pool now prewarms with the CLI's SSLRequest: the CLI's next connection takes it
-        wait_for(lambda: len(ready_ids(proxy)) == 1)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 1, 10)
         warm = ready_ids(proxy)
         again = mariadb_cli(proxy.port, NATIVE.user, NATIVE.password, "SELECT CONNECTION_ID()")
         assert again.returncode == 0 and int(again.stdout.strip()) == warm[0], (again.stdout, warm)
@@ -122,7 +107,7 @@ def test_a_client_with_other_capabilities_still_logs_in(mariadb: MariaDBServer, 
 def test_ed25519_through_a_replaced_connection(mariadb: MariaDBServer, pki: TestPki) -> None:
     with prewarmed_proxy(mariadb, pki, size=1) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 1)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 1, 10)
         result = mariadb_cli(proxy.port, ED25519.user, ED25519.password, "SELECT CURRENT_USER()")
         assert result.returncode == 0 and result.stdout.strip() == f"{ED25519.user}@%", result.stderr
         assert handed(proxy, "mismatch") == 1
@@ -131,10 +116,10 @@ def test_ed25519_through_a_replaced_connection(mariadb: MariaDBServer, pki: Test
 def test_a_connection_the_server_closed_is_not_handed_out(mariadb: MariaDBServer, pki: TestPki) -> None:
     with prewarmed_proxy(mariadb, pki, size=1) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 1)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 1, 10)
         (victim,) = ready_ids(proxy)
         mariadb.sql(f"KILL {victim}")
-        wait_for(lambda: victim not in ready_ids(proxy) or handed(proxy, "closed_by_server") > 0, timeout=5)
+        assert wait_for(lambda: victim not in ready_ids(proxy) or handed(proxy, "closed_by_server") > 0, timeout=5)
         assert connection_id(proxy.port) != victim
 
 
@@ -145,10 +130,10 @@ def test_prewarming_verifies_like_any_connection(mariadb: MariaDBServer, pki: Te
     shutil.copy(pki.ca, ca)
     with prewarmed_proxy(mariadb, pki, size=2, ca_file=ca) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 2)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)
         shutil.copy(pki.other_ca, ca)
         assert proxy.call(lambda: proxy.proxy.reload_tls("test"))  # type: ignore[union-attr]
-        wait_for(lambda: handed(proxy, "failed") >= 1)
+        assert wait_for(lambda: handed(proxy, "failed") >= 1, 10)
         assert ready_ids(proxy) == []
         with pytest.raises(pymysql.err.OperationalError) as error:
             connection_id(proxy.port)
@@ -158,10 +143,10 @@ def test_prewarming_verifies_like_any_connection(mariadb: MariaDBServer, pki: Te
 def test_a_reload_closes_the_pool_and_warms_again(mariadb: MariaDBServer, pki: TestPki) -> None:
     with prewarmed_proxy(mariadb, pki, size=2) as proxy:
         connection_id(proxy.port)
-        wait_for(lambda: len(ready_ids(proxy)) == 2)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)
         before = set(ready_ids(proxy))
         assert proxy.call(lambda: proxy.proxy.reload_tls("test"))  # type: ignore[union-attr]
-        wait_for(lambda: len(ready_ids(proxy)) == 2)
+        assert wait_for(lambda: len(ready_ids(proxy)) == 2, 10)
         after = ready_ids(proxy)
         assert not before & set(after)
         assert connection_id(proxy.port) == after[0]

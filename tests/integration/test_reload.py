@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import NATIVE
 from tests.support.pki import TestPki
-from tests.support.proxy import CliProxy, ProxyThread, make_route
+from tests.support.proxy import CliProxy, ProxyThread, make_route, wait_for
 from tlsproxy.config import ProxyConfig
 from tlsproxy.localdb import MariaDBServer
 
@@ -35,15 +35,6 @@ def replace_file(path: Path, data: bytes) -> None:
     staged = path.with_suffix(".new")
     staged.write_bytes(data)
     staged.replace(path)
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def reloads(proxy: ProxyThread, result: str) -> float:

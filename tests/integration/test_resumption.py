@@ -19,18 +19,12 @@ import pytest
 
 from tests.conftest import NATIVE
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyThread, make_route
+from tests.support.proxy import ProxyThread, make_route, metric_value as value
 from tests.support.tlswire import server_flight
 from tests.support.wire import RecordingRelay
 from tlsproxy.localdb import MariaDBServer
 
 pytestmark = pytest.mark.integration
-
-
-def value(proxy: ProxyThread, name: str, **labels: str) -> float:
-    registry = proxy.proxy.metrics.registry  # type: ignore[union-attr]
-    found = proxy.call(lambda: registry.get_sample_value(name, labels))
-    return 0.0 if found is None else found
 
 
 def query(port: int) -> str:

@@ -26,7 +26,7 @@ from tests.conftest import NATIVE, TEST_DATABASE
 from tests.integration.test_metrics import http
 from tests.support.mysql8_peer import PeerAccount, PeerThread
 from tests.support.pki import TestPki
-from tests.support.proxy import CliProxy
+from tests.support.proxy import CliProxy, wait_for
 from tlsproxy.localdb import MariaDBServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -91,15 +91,6 @@ def scrape(cli: CliProxy) -> str:
     return body
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 @contextmanager
 def running(args: list[str]) -> Iterator[CliProxy]:
     """The CLI with its workers; at the end (also on failure) no worker may be left running."""
@@ -146,7 +137,7 @@ def test_two_workers_share_the_connections_and_the_metrics_add_up(mariadb: Maria
 
         assert cli.process is not None
         cli.process.send_signal(signal.SIGHUP)  # passed on to every worker
-        assert wait_for(lambda: 'tlsproxy_config_reloads_total{result="ok"} 2.0' in scrape(cli))
+        assert wait_for(lambda: 'tlsproxy_config_reloads_total{result="ok"} 2.0' in scrape(cli), 10)
 
 
 def test_sigterm_drains_every_worker_while_a_transaction_is_open(mariadb: MariaDBServer, pki: TestPki) -> None:
@@ -219,7 +210,7 @@ def test_a_killed_worker_is_restarted_and_its_counts_are_kept(mariadb: MariaDBSe
         assert metric(body, 'tlsproxy_connections_accepted_total{route="default"}') == 6  # the dead worker's too
         for _ in range(10):
             connect(port).close()
-        assert wait_for(lambda: metric(scrape(cli), 'tlsproxy_connections_accepted_total{route="default"}') == 16)
+        assert wait_for(lambda: metric(scrape(cli), 'tlsproxy_connections_accepted_total{route="default"}') == 16, 10)
 
 
 def test_workers_share_one_unix_socket(mariadb: MariaDBServer, pki: TestPki, tmp_path: Path) -> None:

@@ -184,3 +184,20 @@ class CliProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def metric_value(proxy: ProxyThread, name: str, **labels: str) -> float:
+    """One sample of an in-process proxy's metrics (0 when the series does not exist yet)."""
+    registry = proxy.proxy.metrics.registry  # type: ignore[union-attr]
+    found = proxy.call(lambda: registry.get_sample_value(name, labels))
+    return 0.0 if found is None else found
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll `predicate` every 50 ms until it holds or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
