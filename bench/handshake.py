@@ -28,7 +28,7 @@ from typing import Any
 from bench.env import BenchEnv
 from bench.model import RunSize, median
 from bench.procs import cpu_seconds, process_tree
-from tlsproxy.check import _client_response_for_check
+from tlsproxy.check import client_response_for_check
 from tlsproxy.config import SslMode, TlsSettings
 from tlsproxy.mysql.codec import encode_frame, parse_header
 from tlsproxy.mysql.constants import Capability
@@ -93,7 +93,7 @@ def _recv_exact(sock: socket.socket, count: int) -> bytes:
     return bytes(data)
 
 
-_SSL_REQUEST_PREFIX = _client_response_for_check()
+_SSL_REQUEST_PREFIX = client_response_for_check()
 
 
 def open_for_tls(host: str, port: int, timeout: float = 10.0) -> socket.socket:

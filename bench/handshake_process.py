@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tlsproxy.check import _client_response_for_check
+from tlsproxy.check import client_response_for_check
 from tlsproxy.config import TlsSettings
 from tlsproxy.mysql.codec import encode_frame
 from tlsproxy.tls import build_client_context
@@ -21,7 +21,7 @@ from tlsproxy.tls import build_client_context
 def main(argv: list[str]) -> float:
     port, ca_file, count, mode = int(argv[0]), Path(argv[1]), int(argv[2]), argv[3]
     context = build_client_context(TlsSettings(ca_file=ca_file))  # the proxy's settings: VERIFY_IDENTITY
-    request = bytearray(encode_frame(1, _client_response_for_check()[:32]))
+    request = bytearray(encode_frame(1, client_response_for_check()[:32]))
     request[5] |= 0x08  # CLIENT_SSL: this is the SSLRequest
     before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(count):

@@ -39,7 +39,7 @@ def fd_count(pid: int) -> int:
         return -1
 
 
-async def _settle(pid: int, target_fds: int | None = None, timeout: float = SETTLE_TIMEOUT_S) -> int:
+async def settle(pid: int, target_fds: int | None = None, timeout: float = SETTLE_TIMEOUT_S) -> int:
     """Wait until the proxy's fd count stops changing (and reaches `target_fds` when given)."""
     deadline = time.monotonic() + timeout
     last, stable = fd_count(pid), 0
@@ -106,14 +106,14 @@ async def _measure(env: BenchEnv, counts: list[int], progress: Callable[[str], N
     # warm-up: one-time allocations of the first connections are not per-connection memory
     await clients.grow_to(WARMUP_CONNECTIONS)
     await clients.close_all()
-    base_fds = await _settle(pid)
+    base_fds = await settle(pid)
     points = []
     try:
         for count in counts:
             started = time.monotonic()
             await clients.grow_to(count)
             open_seconds = time.monotonic() - started
-            fds = await _settle(pid)
+            fds = await settle(pid)
             point = _point(env, pid, count, open_seconds, fds)
             points.append(point)
             progress(f"memory: {count} idle proxied connections: proxy RSS {point['proxy_rss_kib']} KiB, "
@@ -121,7 +121,7 @@ async def _measure(env: BenchEnv, counts: list[int], progress: Callable[[str], N
     finally:
         started = time.monotonic()
         await clients.close_all()
-    fds = await _settle(pid, target_fds=base_fds)
+    fds = await settle(pid, target_fds=base_fds)
     after = _point(env, pid, 0, 0.0, fds)
     after["close_seconds"] = time.monotonic() - started
     del after["open_seconds"]
@@ -135,11 +135,11 @@ async def _measure(env: BenchEnv, counts: list[int], progress: Callable[[str], N
             started = time.monotonic()
             await clients.grow_to(largest)
             open_seconds = time.monotonic() - started
-            reopened = _point(env, pid, largest, open_seconds, await _settle(pid))
+            reopened = _point(env, pid, largest, open_seconds, await settle(pid))
             progress(f"memory: {largest} again after closing: proxy RSS {reopened['proxy_rss_kib']} KiB")
         finally:
             await clients.close_all()
-            await _settle(pid, target_fds=base_fds)
+            await settle(pid, target_fds=base_fds)
     return {"base_fds": base_fds, "points": points, "after_close": after, "reopened": reopened}
 
 

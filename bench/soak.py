@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from bench.cli import RESULTS_DIR, machine_info
 from bench.env import BENCH_DATABASE, BenchEnv
-from bench.memory import _settle, fd_count
+from bench.memory import settle, fd_count
 from bench.model import SCENARIO_BY_NAME
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
 from bench.procs import cpu_seconds, rss_kib
@@ -445,7 +445,7 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> dict[st
         stats = soak.stats
         progress(f"soak: done: {stats.queries} queries, {stats.reconnects} reconnects, "
                  f"{sum(stats.errors.values())} errors; waiting for the proxy to close its sessions")
-        asyncio.run(_settle(env.proxy_process.pid))
+        asyncio.run(settle(env.proxy_process.pid))
         soak.sample("after_close")
         leftover = int(env.server.sql(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
         counters = {name: value if name.endswith("_active") else value - counters_before.get(name, 0.0)

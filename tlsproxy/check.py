@@ -41,7 +41,7 @@ class CheckResult:
     seconds: float = 0.0
 
 
-def _client_response_for_check() -> bytes:
+def client_response_for_check() -> bytes:
     """A HandshakeResponse from a generic 4.1 client; only its 32-byte prefix is sent (as the SSLRequest)."""
     prefix = (int(CHECK_CLIENT_CAPABILITIES).to_bytes(4, "little") + (1 << 24).to_bytes(4, "little")
               + bytes((UTF8MB4_GENERAL_CI,)) + bytes(23))
@@ -84,7 +84,7 @@ def check_route(route: Route, upstream_tls: UpstreamTls | None) -> CheckResult:
             result.ok = True
             result.verified = "no TLS (ssl_mode DISABLED)"
             return result
-        effects = machine.receive_client_data(encode_frame(1, _client_response_for_check()))
+        effects = machine.receive_client_data(encode_frame(1, client_response_for_check()))
         sock.sendall(effects[0].data)  # type: ignore[union-attr]  # the SSLRequest
         result.ok, result.verified = _tls_handshake(sock, route, upstream_tls, result)
     except TlsProxyError as exc:
@@ -151,7 +151,7 @@ def _describe_unverified(route: Route, result: CheckResult) -> None:
         with socket.create_connection((route.upstream.host, route.upstream.port), timeout=route.connect_timeout) as sock:
             sock.settimeout(route.handshake_timeout)
             _read_greeting(sock, machine)
-            effects = machine.receive_client_data(encode_frame(1, _client_response_for_check()))
+            effects = machine.receive_client_data(encode_frame(1, client_response_for_check()))
             sock.sendall(effects[0].data)  # type: ignore[union-attr]
             server_name = route.tls.server_name or route.upstream.host
             with context.wrap_socket(sock, server_hostname=server_name) as tls_sock:

@@ -36,6 +36,7 @@ from tlsproxy.mysql.handshake import (
     StartRelay,
     StartUpstreamTls,
 )
+from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool, WarmUpstream
 from tlsproxy.tls import UpstreamTls, describe_tls_failure
 
@@ -63,7 +64,7 @@ class ConnectionStats:
     bytes_client_to_server: int = 0
     bytes_server_to_client: int = 0
     auth_plugin: str = ""
-    outcome: str = "open"
+    outcome: Outcome = Outcome.OPEN
     reason: str = ""
     closed_by: str = ""
 
@@ -154,11 +155,11 @@ class Session:
         except TlsProxyError as error:
             self.fail(error)
         except asyncio.CancelledError:
-            self.close("cancelled", outcome="aborted")
+            self.close("cancelled", outcome=Outcome.ABORTED)
             raise
         except Exception:  # a bug: log it whole, keep serving others
             log.exception("conn=%d internal error during the handshake", self.conn_id)
-            self.close("internal error", outcome="internal_error")
+            self.close("internal error", outcome=Outcome.INTERNAL_ERROR)
 
     async def _connect_upstream(self) -> None:
         """TCP to the upstream: the name is resolved again for every connection and each address tried;
@@ -252,7 +253,7 @@ class Session:
             elif isinstance(effect, ReplaceUpstream):
                 self._replace_upstream()
             elif isinstance(effect, CloseConnection):
-                self.close(effect.reason, outcome="auth_denied" if "denied" in effect.reason else "upstream_error")
+                self.close(effect.reason, outcome=effect.outcome)
 
     async def _start_tls(self) -> None:
         upstream_tls = self.runtime.upstream_tls
@@ -314,7 +315,7 @@ class Session:
         self._relaying = True
         self.stats.auth_seconds = time.monotonic() - self._phase_start
         self.stats.auth_plugin = self.machine.auth_plugin
-        self.stats.outcome = "relayed"
+        self.stats.outcome = Outcome.RELAYED
         self._relay_started.set()
         if self.runtime.metrics is not None:
             self._record_handshake(self.runtime.metrics)
@@ -326,7 +327,7 @@ class Session:
         assert timeout
         idle = time.monotonic() - self._last_activity
         if idle >= timeout:
-            self.close(f"idle for {idle:.0f}s (idle_timeout {timeout:g}s)", outcome="idle_timeout")
+            self.close(f"idle for {idle:.0f}s (idle_timeout {timeout:g}s)", outcome=Outcome.IDLE_TIMEOUT)
         else:
             self._idle_timer = self._loop.call_later(timeout - idle, self._check_idle)
 
@@ -337,7 +338,7 @@ class Session:
             self.fail(error)
         except Exception:
             log.exception("conn=%d internal error in the handshake machine", self.conn_id)
-            self.close("internal error", outcome="internal_error")
+            self.close("internal error", outcome=Outcome.INTERNAL_ERROR)
 
     # ---- data from the peers ---------------------------------------------------------------------
 
@@ -365,7 +366,7 @@ class Session:
         """True keeps the client transport open (half-closed) while the server may still answer."""
         self._client_eof = True
         if not self._relaying:
-            self.close("client closed during the handshake", outcome="client_gone", closed_by="client")
+            self.close("client closed during the handshake", outcome=Outcome.CLIENT_GONE, closed_by="client")
             return False
         if self._server_eof or self.upstream is None:
             self.close("both sides closed", closed_by="client")
@@ -382,7 +383,7 @@ class Session:
         self._apply(quit_effects)
         self._linger_timer = self._loop.call_later(
             HALF_CLOSE_LINGER_SECONDS,
-            lambda: self.close("upstream did not close after COM_QUIT", outcome="aborted", closed_by="client"))
+            lambda: self.close("upstream did not close after COM_QUIT", outcome=Outcome.ABORTED, closed_by="client"))
         return True
 
     def server_eof(self) -> bool:
@@ -400,7 +401,7 @@ class Session:
     def client_lost(self, exc: Exception | None) -> None:
         if not self._closed:
             self.close(f"client connection lost ({exc.__class__.__name__}: {exc})" if exc else "client closed",
-                       outcome=None if self._relaying else "client_gone", closed_by="client")
+                       outcome=None if self._relaying else Outcome.CLIENT_GONE, closed_by="client")
 
     def server_lost(self, exc: Exception | None) -> None:
         if self._closed:
@@ -440,14 +441,14 @@ class Session:
             self.client.write(packet)
         self.close(error.message, outcome=error.metric_label)
 
-    def close(self, reason: str, *, outcome: str | None = None, closed_by: str = "proxy") -> None:
+    def close(self, reason: str, *, outcome: Outcome | None = None, closed_by: str = "proxy") -> None:
         if self._closed:
             return
         self._closed = True
         if outcome is not None:
             self.stats.outcome = outcome
-        elif self.stats.outcome in ("open", "relayed"):
-            self.stats.outcome = "ok" if self._relaying else "aborted"
+        elif self.stats.outcome in (Outcome.OPEN, Outcome.RELAYED):
+            self.stats.outcome = Outcome.OK if self._relaying else Outcome.ABORTED
         self.stats.reason = reason
         self.stats.closed_by = closed_by
         for timer in (self._idle_timer, self._linger_timer):
@@ -490,7 +491,7 @@ class Session:
         for transport in (self.client, self.upstream):
             if transport is not None:
                 transport.abort()
-        self.close(reason, outcome="aborted")
+        self.close(reason, outcome=Outcome.ABORTED)
 
     def _record_handshake(self, metrics: ProxyMetrics) -> None:
         stats, route = self.stats, self.route.name
@@ -551,7 +552,7 @@ class Session:
         message = " ".join(f"{key}={text(value)}" for key, value in fields.items() if key != "warning")
         if "warning" in fields:
             message += f" WARNING: {fields['warning']}"
-        quiet = stats.outcome in ("ok", "relayed", "auth_denied") and "warning" not in fields
+        quiet = stats.outcome in (Outcome.OK, Outcome.RELAYED, Outcome.AUTH_DENIED) and "warning" not in fields
         log.log(logging.INFO if quiet else logging.WARNING, message, extra={"connection": fields})
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
 from tlsproxy.errors import CertificateVerifyError, TlsInjectionError, UpstreamTlsError
+from tlsproxy.outcome import Outcome
 from tlsproxy.tls_sessions import TlsSessionCache
 
 _VERSIONS = {
@@ -210,39 +211,39 @@ def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> No
 
 _VERIFY_REASONS = {
     # OpenSSL X509_V_ERR_* codes
-    9: ("not_yet_valid", "certificate is not yet valid"),
-    10: ("expired", "certificate has expired"),
-    18: ("certificate_untrusted", "self-signed certificate is not trusted"),
-    19: ("certificate_untrusted", "the chain's root CA is not trusted (self-signed certificate in certificate chain)"),
-    20: ("certificate_untrusted", "issuer not trusted (unable to get local issuer certificate)"),
-    21: ("certificate_untrusted", "unable to verify the first certificate"),
-    3: ("crl_unavailable", "no CRL from the certificate's issuer in ssl_crl (unable to get certificate CRL)"),
-    12: ("crl_expired", "the CRL in ssl_crl has expired"),
-    23: ("revoked", "certificate revoked"),
-    62: ("host_name_mismatch", "host name mismatch"),
-    64: ("host_name_mismatch", "IP address mismatch"),
+    9: (Outcome.NOT_YET_VALID, "certificate is not yet valid"),
+    10: (Outcome.EXPIRED, "certificate has expired"),
+    18: (Outcome.CERTIFICATE_UNTRUSTED, "self-signed certificate is not trusted"),
+    19: (Outcome.CERTIFICATE_UNTRUSTED, "the chain's root CA is not trusted (self-signed certificate in certificate chain)"),
+    20: (Outcome.CERTIFICATE_UNTRUSTED, "issuer not trusted (unable to get local issuer certificate)"),
+    21: (Outcome.CERTIFICATE_UNTRUSTED, "unable to verify the first certificate"),
+    3: (Outcome.CRL_UNAVAILABLE, "no CRL from the certificate's issuer in ssl_crl (unable to get certificate CRL)"),
+    12: (Outcome.CRL_EXPIRED, "the CRL in ssl_crl has expired"),
+    23: (Outcome.REVOKED, "certificate revoked"),
+    62: (Outcome.HOST_NAME_MISMATCH, "host name mismatch"),
+    64: (Outcome.HOST_NAME_MISMATCH, "IP address mismatch"),
 }
 
 
 def describe_tls_failure(exc: BaseException, upstream: UpstreamTls) -> UpstreamTlsError:
     """The proxy error for a failed upstream TLS handshake, with a message an operator can act on."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        label, text = _VERIFY_REASONS.get(exc.verify_code, ("certificate_untrusted", exc.verify_message or "unknown reason"))
-        if label == "host_name_mismatch":
+        label, text = _VERIFY_REASONS.get(exc.verify_code, (Outcome.CERTIFICATE_UNTRUSTED, exc.verify_message or "unknown reason"))
+        if label is Outcome.HOST_NAME_MISMATCH:
             text += f" (expected {upstream.expected_name})"
         return CertificateVerifyError(f"upstream certificate verify failed: {text}", metric_label=label)
     if isinstance(exc, ssl.SSLError):
         reason = (exc.reason or "").upper()
         if any(word in reason for word in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE", "VERSION_TOO_LOW", "VERSION_TOO_HIGH")):
             return UpstreamTlsError(f"upstream TLS handshake failed: no TLS version in common ({exc.reason})",
-                                    metric_label="protocol_version")
+                                    metric_label=Outcome.PROTOCOL_VERSION)
         if "WRONG_VERSION_NUMBER" in reason or "PACKET_LENGTH_TOO_LONG" in reason or "RECORD_LAYER" in reason:
             return TlsInjectionError(
                 f"upstream sent non-TLS data after the SSLRequest ({exc.reason}); refusing the connection")
         if "CIPHER" in reason or "HANDSHAKE_FAILURE" in reason:
             return UpstreamTlsError(f"upstream TLS handshake failed: no cipher in common ({exc.reason})",
-                                    metric_label="no_shared_cipher")
+                                    metric_label=Outcome.NO_SHARED_CIPHER)
         return UpstreamTlsError(f"upstream TLS handshake failed: {exc.reason or exc}")
     if isinstance(exc, (ConnectionError, EOFError)):
-        return UpstreamTlsError("upstream closed the connection during the TLS handshake", metric_label="upstream_lost")
+        return UpstreamTlsError("upstream closed the connection during the TLS handshake", metric_label=Outcome.UPSTREAM_LOST)
     return UpstreamTlsError(f"upstream TLS handshake failed: {exc.__class__.__name__}: {exc}")

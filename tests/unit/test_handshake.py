@@ -41,6 +41,7 @@ from tlsproxy.errors import (
     TlsProxyError,
     UpstreamTlsUnsupportedError,
 )
+from tlsproxy.outcome import Outcome
 from tlsproxy.mysql.handshake import (
     DEFAULT_MAX_HANDSHAKE_PACKET,
     CloseConnection,
@@ -1240,7 +1241,7 @@ def _transcripts() -> dict[str, Callable[[], Playbook]]:
             connected(G.MYSQL_84, R.PYMYSQL_MYSQL80_DB.payload)
             >> server >> frame(3, err(1045, "28000", "denied"))
             << SendToClient(frame(2, err(1045, "28000", "denied")))
-            << CloseConnection("upstream denied authentication")
+            << CloseConnection(Outcome.AUTH_DENIED, "upstream denied authentication")
         ),
     }
 

@@ -2,7 +2,7 @@
 
 * tlsproxy/mysql/ is sans-IO: no asyncio, ssl, socket, logging, yaml or prometheus_client, directly or
   through `from ... import`, at any depth of the module (functions, `if TYPE_CHECKING:` blocks included).
-* From the package, tlsproxy/mysql/ modules import only tlsproxy.errors and tlsproxy.mysql.*.
+* From the package, tlsproxy/mysql/ modules import only tlsproxy.errors, tlsproxy.outcome and tlsproxy.mysql.*.
 * tlsproxy/config.py imports nothing from tlsproxy.
 """
 
@@ -71,7 +71,8 @@ def test_core_does_no_io_and_no_logging(path: Path) -> None:
 @pytest.mark.parametrize("path", MYSQL_MODULES, ids=lambda p: p.name)
 def test_core_imports_only_errors_and_mysql_from_the_package(path: Path) -> None:
     internal = {name for name in imported_modules(path) if name.split(".")[0] == "tlsproxy"}
-    allowed = {name for name in internal if name == "tlsproxy.errors" or name.startswith("tlsproxy.mysql.")}
+    allowed = {name for name in internal
+               if name in ("tlsproxy.errors", "tlsproxy.outcome") or name.startswith("tlsproxy.mysql.")}
     assert internal == allowed, f"{path.name} imports {sorted(internal - allowed)}"
 
 
@@ -82,7 +83,12 @@ def test_config_imports_nothing_from_the_package() -> None:
 
 def test_errors_imports_only_mysql_constants() -> None:
     internal = {name for name in imported_modules(PACKAGE_ROOT / "errors.py") if name.split(".")[0] == "tlsproxy"}
-    assert internal <= {"tlsproxy.mysql.constants"}, f"errors.py imports {sorted(internal)}"
+    assert internal <= {"tlsproxy.mysql.constants", "tlsproxy.outcome"}, f"errors.py imports {sorted(internal)}"
+
+
+def test_outcome_imports_nothing_from_the_package() -> None:
+    internal = {name for name in imported_modules(PACKAGE_ROOT / "outcome.py") if name.split(".")[0] == "tlsproxy"}
+    assert not internal, f"outcome.py imports {sorted(internal)}"
 
 
 # the checker itself: it must see every spelling of an import

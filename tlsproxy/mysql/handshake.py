@@ -50,6 +50,7 @@ from tlsproxy.mysql.constants import (
     Command,
     PacketHeader,
 )
+from tlsproxy.outcome import Outcome
 from tlsproxy.mysql.messages import (
     AuthSwitchRequest,
     ErrPacket,
@@ -110,8 +111,9 @@ class ReplaceUpstream:
 
 @dataclass(frozen=True, slots=True)
 class CloseConnection:
-    """Close both legs once what was sent is flushed."""
+    """Close both legs once what was sent is flushed; `outcome` is what the logs and metrics record."""
 
+    outcome: Outcome
     reason: str
 
 
@@ -369,7 +371,7 @@ class HandshakeMachine:
             # Too many connections, host blocked...: the server's own words, already in the
             # pre-greeting format; pass them on as they are.
             self.state = State.CLOSED
-            return [SendToClient(frame.restamped(0).encode()), CloseConnection("upstream refused with an ERR greeting")]
+            return [SendToClient(frame.restamped(0).encode()), CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
         greeting = self._checked_greeting(frame)
         self.greeting = greeting
         self._nonce = greeting.nonce
@@ -386,7 +388,7 @@ class HandshakeMachine:
         SSLRequest. Its nonce reaches the client in an AuthSwitchRequest once TLS is up."""
         if frame.payload[:1] == bytes((PacketHeader.ERR,)):
             self.state = State.CLOSED
-            return [self._to_client(frame.payload), CloseConnection("upstream refused with an ERR greeting")]
+            return [self._to_client(frame.payload), CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
         greeting = self._checked_greeting(frame)
         self.greeting = greeting
         self._nonce = greeting.nonce
@@ -469,7 +471,7 @@ class HandshakeMachine:
                 effects += self._relay_client_data(pending)
         else:
             self.state = State.CLOSED
-            effects.append(CloseConnection("upstream denied authentication"))
+            effects.append(CloseConnection(Outcome.AUTH_DENIED, "upstream denied authentication"))
         return effects
 
     # ---- client side ---------------------------------------------------------------------------
