@@ -189,13 +189,7 @@ class Outcome:
 def check_buffers(m: HandshakeMachine) -> None:
     """Nothing the machine holds outgrows one frame of the connection-phase limit."""
     limit = m._max_packet + HEADER_SIZE  # noqa: SLF001
-    held = {
-        "client frames": len(m._client_frames),  # noqa: SLF001
-        "server frames": len(m._server_frames),  # noqa: SLF001
-        "relay tail": len(m._relay_tail),  # noqa: SLF001
-        "change-user pending": len(m._change_user_pending_client),  # noqa: SLF001
-    }
-    for name, size in held.items():
+    for name, size in m.buffered().items():
         if size > limit:
             raise AssertionError(f"{name}: {size} bytes held, limit {limit}")
 

@@ -989,7 +989,7 @@ def test_change_user_with_rsa_emulation_uses_the_switch_nonce() -> None:
     )
     assert playbook
     m = playbook.machine
-    assert m.state is State.CHANGE_USER
+    assert m.state is State.CHANGE_USER_SENT  # the server has not answered yet
     assert m.inspecting_server_data
     assert (
         playbook
@@ -1097,7 +1097,7 @@ def test_change_user_split_and_pipelined_with_next_bytes() -> None:
         << SendToServer(data)
     )
     assert playbook
-    assert playbook.machine.state is State.CHANGE_USER
+    assert playbook.machine.state is State.CHANGE_USER_SENT
 
 
 def test_change_user_malformed_is_still_followed() -> None:

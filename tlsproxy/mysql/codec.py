@@ -168,12 +168,15 @@ class FrameSkipper:
     stream (the skipper holds no bytes itself; the caller keeps the unconsumed tail).
     """
 
-    __slots__ = ("_payload_left", "_in_continuation", "_wants_whole")
+    __slots__ = ("_payload_left", "_in_continuation", "_wants_whole", "last_length", "last_sequence_id",
+                 "last_first_byte")
 
     def __init__(self, wants_whole: Callable[[int, int, int], bool]) -> None:
         self._payload_left = 0
         self._in_continuation = False  # the next frame continues a packet of 16 MiB or more
         self._wants_whole = wants_whole
+        self.last_length = self.last_sequence_id = self.last_first_byte = -1
+        """Header and first byte of the last packet start seen (the last one offered to `wants_whole`)."""
 
     def feed(self, data: bytes | memoryview) -> int:
         """Number of leading bytes of `data` that belong to frames nobody claims. If it returns less than
@@ -194,7 +197,9 @@ class FrameSkipper:
             if length and not self._in_continuation:
                 if size - pos == HEADER_SIZE:
                     return pos  # the first payload byte decides whether the frame is claimed
-                if self._wants_whole(length, sequence_id, data[pos + HEADER_SIZE]):
+                first_byte = data[pos + HEADER_SIZE]
+                self.last_length, self.last_sequence_id, self.last_first_byte = length, sequence_id, first_byte
+                if self._wants_whole(length, sequence_id, first_byte):
                     return pos
             pos += HEADER_SIZE
             self._payload_left = length

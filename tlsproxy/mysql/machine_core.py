@@ -1,0 +1,229 @@
+"""The handshake machine's plumbing: its state and counters, the one way to change state, input steps
+that fail as a whole, sequence-numbered sends on each leg, and the ERR for a failure. No protocol
+decisions live here: `tlsproxy.mysql.handshake` (the connection phase) and `prewarm_adoption` (a
+prewarmed upstream that does not fit) build on it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tlsproxy.errors import AuthEmulationError, ServerProtocolError, TlsProxyError, UpstreamTlsUnsupportedError
+from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
+from tlsproxy.mysql.command_watcher import CommandWatcher
+from tlsproxy.mysql.constants import MAX_PACKET_PAYLOAD, AuthPlugin, Capability
+from tlsproxy.mysql.effects import AuthKey, Effect, SendToClient, SendToServer
+from tlsproxy.mysql.messages import (
+    ErrPacket,
+    HandshakeResponse,
+    InitialHandshake,
+    parse_initial_handshake,
+    replace_auth_response,
+)
+from tlsproxy.mysql.rsa_exchange import PasswordInResponse, RsaExchange, ToClient, ToServer
+from tlsproxy.mysql.states import ALLOWED, State
+
+DEFAULT_MAX_HANDSHAKE_PACKET = 1 << 20
+"""No connection-phase packet is near this size; a larger one is refused rather than buffered."""
+
+DEFAULT_MAX_AUTH_PACKETS = 64
+"""Packets (both directions) one authentication exchange may take after the HandshakeResponse. Real ones
+take at most a handful (caching_sha2 full auth with an AuthSwitch: 6); a peer looping AuthSwitch or
+auth-more-data forever is cut off instead of holding the connection until the handshake timeout."""
+
+
+def check_upstream_greeting(frame: Frame, *, require_tls: bool) -> InitialHandshake:
+    """The upstream's greeting, parsed and judged: seq 0, the 4.1 protocol, and TLS offered when the
+    route needs it (PROTOCOL.md §2). Shared by the machine, the prewarm pool and `tlsproxy check`."""
+    if frame.sequence_id != 0:
+        raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
+    greeting = parse_initial_handshake(frame.payload)
+    if not greeting.capability_flags & Capability.PROTOCOL_41:
+        raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
+    if require_tls and not greeting.capability_flags & Capability.SSL:
+        raise UpstreamTlsUnsupportedError("upstream does not offer TLS; refusing to send credentials in plaintext")
+    return greeting
+
+
+class MachineCore:
+    def __init__(
+        self,
+        *,
+        upstream_tls: bool = True,
+        auth_key: AuthKey | None = None,
+        max_handshake_packet: int = DEFAULT_MAX_HANDSHAKE_PACKET,
+        max_auth_packets: int = DEFAULT_MAX_AUTH_PACKETS,
+    ) -> None:
+        self.upstream_tls = upstream_tls
+        self._auth_key = auth_key
+        self._rsa = RsaExchange(auth_key) if upstream_tls and auth_key is not None else None
+        self._max_packet = max_handshake_packet
+        self._max_auth_packets = max_auth_packets
+        self._auth_packets = 0
+        self._state = State.GREETING
+        self._server_frames = FrameBuffer(max_handshake_packet)
+        self._client_frames = FrameBuffer(max_handshake_packet)
+        self._client_seq = 0
+        self._server_seq = 0
+        self._client_packets_this_step = 0
+        """Packets the current input step sent the client: its effects are discarded if it fails, so the
+        client never saw them, and `error_packet` must number the ERR as if they were never sent."""
+        self._greeting_sent = False
+        self.greeting: InitialHandshake | None = None
+        self.client_response: HandshakeResponse | None = None
+        self._client_response_payload = b""
+        self.ssl_request = b""
+        """The SSLRequest payload this client's upstream connection needs (learned by the prewarm pool)."""
+        self._client_protocol_41: bool | None = None
+        self._nonce = b""
+        self.auth_plugin = ""
+        self._watcher = CommandWatcher(max_handshake_packet)
+        self._held_behind_change_user = b""
+        self._client_frames_taken = False
+        self._warm_ssl_request: bytes | None = None
+        self.logged_in = False
+        """The first login succeeded (StartRelay was returned); stays true after CLOSED."""
+        self.prewarmed = False
+        """The upstream was a prewarmed connection (greeting, SSLRequest and TLS done before the client came)."""
+        self.prewarm_mismatch = False
+        """... whose SSLRequest differed from this client's, so a fresh upstream replaced it."""
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def inspecting_server_data(self) -> bool:
+        """False once the relay runs: then server bytes go to the client without the machine."""
+        return self._state is not State.RELAY
+
+    @property
+    def rsa_exchange_emulated(self) -> bool:
+        return self._rsa is not None and self._rsa.emulated
+
+    def buffered(self) -> dict[str, int]:
+        """Bytes held in each of the machine's buffers (all bounded; the hostile-input tests check it)."""
+        return {"client frames": len(self._client_frames), "server frames": len(self._server_frames),
+                "relay tail": self._watcher.buffered, "change-user pending": len(self._held_behind_change_user)}
+
+    def error_packet(self, error: TlsProxyError) -> bytes | None:
+        """The ERR frame that tells the client about `error`, stamped with the id it expects; None once
+        the relay runs (a client mid-command would misread it: the driver just closes). Pure."""
+        if self._state is State.RELAY:
+            return None
+        if not self._greeting_sent:
+            sequence_id, protocol_41 = 0, False
+        elif not self._client_frames_taken and self._client_seq == 1:
+            # The client got the greeting but its response has not been read: it sends it (seq 1)
+            # before it reads anything, so it reads this ERR as the answer to it.
+            sequence_id, protocol_41 = 2, True
+        else:
+            sequence_id = self._client_seq & 0xFF
+            protocol_41 = True if self._client_protocol_41 is None else self._client_protocol_41
+        payload = ErrPacket(error.errno, error.sqlstate, error.client_message).encode_payload(
+            protocol_41=protocol_41,
+        )
+        return encode_frame(sequence_id, payload[: MAX_PACKET_PAYLOAD - 1])
+
+    def discard(self) -> None:
+        """The connection is over: enter CLOSED and drop the buffers."""
+        self._set_state(State.CLOSED)
+        self._server_frames = FrameBuffer(self._max_packet)
+        self._client_frames = FrameBuffer(self._max_packet)
+        self._watcher = CommandWatcher(self._max_packet)
+        self._held_behind_change_user = b""
+
+    def _set_state(self, new: State) -> None:
+        if new not in ALLOWED[self._state]:
+            raise RuntimeError(f"handshake machine: no transition from {self._state.name} to {new.name}")
+        self._state = new
+
+    def _step(self, step: Callable[[], list[Effect]], decode_error: type[TlsProxyError], side: str) -> list[Effect]:
+        """Run one input step. On failure enter CLOSED as if its effects were never produced (the driver
+        discards them): the greeting counts as unsent again if this step sent it, and the client-leg
+        counter forgets the packets this step meant to send. Codec errors become the protocol error of
+        the side that sent the bytes."""
+        self._client_packets_this_step, greeting_sent = 0, self._greeting_sent
+        try:
+            return step()
+        except DecodeError as exc:
+            self._undo_step(greeting_sent)
+            raise decode_error(f"malformed packet from {side}: {exc}") from None
+        except TlsProxyError:
+            self._undo_step(greeting_sent)
+            raise
+
+    def _undo_step(self, greeting_sent: bool) -> None:
+        self._set_state(State.CLOSED)
+        self._client_seq = (self._client_seq - self._client_packets_this_step) & 0xFF
+        self._greeting_sent = greeting_sent
+
+    def _take_greeting(self, frame: Frame) -> InitialHandshake:
+        greeting = check_upstream_greeting(frame, require_tls=self.upstream_tls)
+        self.greeting = greeting
+        self._nonce = greeting.nonce
+        if self._rsa is not None:
+            self._rsa.server_version = greeting.server_version
+        return greeting
+
+    def _check_nothing_before_tls(self) -> None:
+        """No server byte may wait between the SSLRequest and the TLS handshake (it would be read as if
+        it came over TLS)."""
+        if len(self._server_frames):
+            raise ServerProtocolError("upstream sent unexpected data after its greeting")
+
+    def _send_client_response_upstream(self) -> list[Effect]:
+        """Forward the client's HandshakeResponse: seq 2 after an SSLRequest, 1 without TLS."""
+        assert self.client_response is not None
+        self._server_seq = 2 if self.upstream_tls else 1
+        if (
+            self._rsa is not None
+            and self.auth_plugin == AuthPlugin.SHA256
+            and self.greeting is not None
+            and self.greeting.auth_plugin_name == AuthPlugin.SHA256
+        ):
+            step = self._rsa.initial_response(self.client_response.auth_response, self._nonce)
+            if step is not None:
+                return [self._carry_out(step)]
+        return [self._to_server(self._client_response_payload)]
+
+    def _carry_out(self, step: ToClient | ToServer | PasswordInResponse) -> SendToClient | SendToServer:
+        if isinstance(step, ToClient):
+            return self._to_client(step.payload)
+        if isinstance(step, ToServer):
+            return self._to_server(step.payload)
+        return self._to_server(self._response_with_auth(
+            step.password + b"\x00", "the password is too long for this client's handshake format (a 1-byte auth length)"))
+
+    def _response_with_auth(self, auth_response: bytes, too_long: str) -> bytes:
+        assert self.client_response is not None
+        try:
+            return replace_auth_response(self._client_response_payload, self.client_response, auth_response)
+        except ValueError:
+            raise AuthEmulationError(too_long) from None
+
+    def _to_client(self, payload: bytes) -> SendToClient:
+        data = encode_frame(self._client_seq, payload)
+        self._client_seq = (self._client_seq + 1) & 0xFF
+        self._client_packets_this_step += 1
+        return SendToClient(data)
+
+    def _to_server(self, payload: bytes) -> SendToServer:
+        data = encode_frame(self._server_seq, payload)
+        self._server_seq = (self._server_seq + 1) & 0xFF
+        return SendToServer(data)
+
+    def _count_auth_packet(self, error: type[TlsProxyError]) -> None:
+        self._auth_packets += 1
+        if self._auth_packets > self._max_auth_packets:
+            raise error(
+                f"authentication took more than {self._max_auth_packets} packets; an AuthSwitch or "
+                "auth-more-data loop? giving up",
+            )
+
+    @staticmethod
+    def _check_sequence(frame: Frame, expected: int, error: type[TlsProxyError], side: str) -> None:
+        if frame.sequence_id != expected & 0xFF:
+            raise error(f"{side} packet out of order: sequence id {frame.sequence_id}, expected {expected & 0xFF}")
+        if len(frame.payload) == MAX_PACKET_PAYLOAD:
+            raise error(f"{side} sent a packet too large for the connection phase")

@@ -1,0 +1,76 @@
+"""A prewarmed upstream in the handshake machine (the pool itself is `tlsproxy.prewarm`).
+
+The client gets the prewarmed connection's greeting. If its SSLRequest prefix is the one that connection
+was upgraded with, its HandshakeResponse goes straight up (seq 2). If not (PROTOCOL.md §3.2: capabilities
+and charset come from the SSLRequest), the machine asks for a fresh upstream (`ReplaceUpstream`),
+upgrades it with the client's own SSLRequest, and has the client answer that connection's nonce through
+an AuthSwitchRequest, whose answer replaces the auth data in the held HandshakeResponse (states
+REPLACING, REPLACEMENT_TLS_PENDING, REAUTH), as MySQL Router does when it cannot use the first greeting.
+"""
+
+from __future__ import annotations
+
+from tlsproxy.errors import ClientCapabilityError, ServerProtocolError
+from tlsproxy.mysql.codec import Frame, FrameBuffer, encode_frame
+from tlsproxy.mysql.constants import Capability, PacketHeader
+from tlsproxy.mysql.effects import CloseConnection, Effect, ReplaceUpstream, SendToServer, StartUpstreamTls
+from tlsproxy.mysql.machine_core import MachineCore
+from tlsproxy.mysql.messages import AuthSwitchRequest, HandshakeResponse, parse_handshake_response
+from tlsproxy.mysql.states import State
+from tlsproxy.outcome import Outcome
+
+
+class PrewarmAdoption(MachineCore):
+    def adopt_prewarmed_upstream(self, greeting_payload: bytes, ssl_request: bytes) -> list[Effect]:
+        """Start with an upstream connection that already sent `greeting_payload` (seq 0), received the
+        SSLRequest `ssl_request` (seq 1) and finished TLS. Its greeting goes to the client; if the
+        client's own SSLRequest prefix is the same, its HandshakeResponse follows on that connection,
+        else the machine asks for a fresh upstream (`ReplaceUpstream`) and has the client answer that
+        one's nonce through an AuthSwitchRequest (PROTOCOL.md §3.2: capabilities and charset come from
+        the SSLRequest, so a prefix that differs cannot be used on the prewarmed connection)."""
+        if self._state is not State.GREETING or not self.upstream_tls:
+            raise RuntimeError(f"adopt_prewarmed_upstream in state {self._state}")
+        self.prewarmed = True
+        self._warm_ssl_request = ssl_request
+        return self._step(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
+
+    def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
+        if not response.capability_flags & Capability.PLUGIN_AUTH:
+            raise ClientCapabilityError(
+                "this client's capabilities differ from the prewarmed upstream connection's, and it cannot "
+                "answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set prewarm: 0 on this route",
+            )
+        self.prewarm_mismatch = True
+        self._warm_ssl_request = None
+        self._server_frames = FrameBuffer(self._max_packet)
+        self._set_state(State.REPLACING)
+        return [ReplaceUpstream("the client's SSLRequest differs from the prewarmed connection's")]
+
+    def _on_replacement_greeting(self, frame: Frame) -> list[Effect]:
+        """The fresh upstream that replaces a prewarmed one greeted: upgrade it with this client's own
+        SSLRequest. Its nonce reaches the client in an AuthSwitchRequest once TLS is up."""
+        if frame.payload[:1] == bytes((PacketHeader.ERR,)):
+            self._set_state(State.CLOSED)
+            return [self._to_client(frame.payload),
+                    CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
+        self._take_greeting(frame)
+        self._check_nothing_before_tls()
+        self._server_seq = 2
+        self._set_state(State.REPLACEMENT_TLS_PENDING)
+        return [SendToServer(encode_frame(1, self.ssl_request)), StartUpstreamTls()]
+
+    def _send_reauth_switch(self) -> list[Effect]:
+        assert self.client_response is not None and self.greeting is not None
+        plugin = self.client_response.auth_plugin_name or self.greeting.auth_plugin_name
+        self.auth_plugin = plugin
+        switch = AuthSwitchRequest(plugin, self._nonce + b"\x00")
+        return [self._to_client(switch.encode_payload())]
+
+    def _on_reauth_reply(self, payload: bytes) -> list[Effect]:
+        """The client's auth data for the fresh nonce replaces the one in its HandshakeResponse, which
+        then goes to the fresh upstream as usual (seq 2)."""
+        self._client_response_payload = self._response_with_auth(payload, "the client's auth data is too long "
+                                                                           "for its handshake format")
+        self.client_response = parse_handshake_response(self._client_response_payload)
+        self._set_state(State.AUTH)
+        return self._send_client_response_upstream()
