@@ -15,10 +15,10 @@ from typing import TextIO
 from tlsproxy import certs
 from tlsproxy.config import ProxyConfig, Route, SslMode
 from tlsproxy.errors import TlsProxyError, UpstreamConnectError, UpstreamTimeoutError
-from tlsproxy.mysql.codec import DecodeError, encode_frame
+from tlsproxy.mysql.codec import DecodeError
 from tlsproxy.mysql.constants import Capability
-from tlsproxy.mysql.handshake import HandshakeMachine
-from tlsproxy.mysql.messages import InitialHandshake, parse_err
+from tlsproxy.mysql.greeting import UpstreamGreeting, ssl_request_for, ssl_request_frame
+from tlsproxy.mysql.messages import InitialHandshake
 from tlsproxy.tls import UpstreamTls, build_client_context, build_upstream_tls, describe_tls_failure
 
 CHECK_CLIENT_CAPABILITIES = (
@@ -48,21 +48,24 @@ def client_response_for_check() -> bytes:
     return prefix + b"tlsproxy_check\x00\x00mysql_native_password\x00"
 
 
-def _read_greeting(sock: socket.socket, machine: HandshakeMachine) -> bytes:
-    """Feed the upstream's bytes to the machine until it has produced the client-facing greeting."""
-    while True:
+def _read_greeting(sock: socket.socket, *, require_tls: bool) -> InitialHandshake:
+    """The upstream's greeting, judged as the proxy judges it (an ERR in its place raises)."""
+    reader = UpstreamGreeting(require_tls=require_tls)
+    while reader.greeting is None:
         data = sock.recv(65536)
         if not data:
             raise UpstreamConnectError("upstream closed the connection before its greeting")
-        effects = machine.receive_server_data(data)
-        if effects:
-            return b"".join(getattr(effect, "data", b"") for effect in effects)
+        reader.receive_data(data)
+    return reader.greeting
+
+
+def _send_ssl_request(sock: socket.socket) -> None:
+    sock.sendall(ssl_request_frame(ssl_request_for(client_response_for_check())))
 
 
 def check_route(route: Route, upstream_tls: UpstreamTls | None) -> CheckResult:
     result = CheckResult(route)
     started = time.monotonic()
-    machine = HandshakeMachine(upstream_tls=upstream_tls is not None)
     try:
         sock = socket.create_connection((route.upstream.host, route.upstream.port), timeout=route.connect_timeout)
     except TimeoutError:
@@ -73,19 +76,13 @@ def check_route(route: Route, upstream_tls: UpstreamTls | None) -> CheckResult:
         return result
     try:
         sock.settimeout(route.handshake_timeout)
-        first = _read_greeting(sock, machine)
-        greeting: InitialHandshake | None = machine.greeting
-        if greeting is None:
-            err = parse_err(first[4:])
-            result.error = f"upstream refused the connection: ERROR {err.error_code}: {err.error_message}"
-            return result
+        greeting = _read_greeting(sock, require_tls=upstream_tls is not None)
         result.server_version = greeting.server_version
         if upstream_tls is None:
             result.ok = True
             result.verified = "no TLS (ssl_mode DISABLED)"
             return result
-        effects = machine.receive_client_data(encode_frame(1, client_response_for_check()))
-        sock.sendall(effects[0].data)  # type: ignore[union-attr]  # the SSLRequest
+        _send_ssl_request(sock)
         result.ok, result.verified = _tls_handshake(sock, route, upstream_tls, result)
     except TlsProxyError as exc:
         result.error = exc.message
@@ -146,13 +143,11 @@ def _describe_unverified(route: Route, result: CheckResult) -> None:
 
     unverified = replace(route.tls, mode=SslMode.REQUIRED)
     context = build_client_context(unverified)
-    machine = HandshakeMachine()
     try:
         with socket.create_connection((route.upstream.host, route.upstream.port), timeout=route.connect_timeout) as sock:
             sock.settimeout(route.handshake_timeout)
-            _read_greeting(sock, machine)
-            effects = machine.receive_client_data(encode_frame(1, client_response_for_check()))
-            sock.sendall(effects[0].data)  # type: ignore[union-attr]
+            _read_greeting(sock, require_tls=True)
+            _send_ssl_request(sock)
             server_name = route.tls.server_name or route.upstream.host
             with context.wrap_socket(sock, server_hostname=server_name) as tls_sock:
                 _record_session(tls_sock, result)

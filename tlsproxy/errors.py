@@ -120,3 +120,12 @@ class UpstreamLostError(TlsProxyError):
     errno = ErrorCode.HANDSHAKE_ERROR
     sqlstate = SqlState.COMMUNICATION_LINK.value
     metric_label = Outcome.UPSTREAM_LOST
+
+
+class UpstreamRefusedError(TlsProxyError):
+    """The upstream answered with an ERR instead of a greeting (seen where no client is there to get the
+    server's own ERR: the prewarm pool, `tlsproxy check`)."""
+
+    errno = ErrorCode.HANDSHAKE_ERROR
+    sqlstate = SqlState.COMMUNICATION_LINK.value
+    metric_label = Outcome.UPSTREAM_ERROR

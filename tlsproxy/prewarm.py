@@ -31,10 +31,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tlsproxy.config import Route
+from tlsproxy.errors import TlsProxyError
 from tlsproxy.metrics import ProxyMetrics
-from tlsproxy.mysql.codec import DecodeError, FrameBuffer, encode_frame
-from tlsproxy.mysql.constants import Capability, PacketHeader
-from tlsproxy.mysql.messages import parse_initial_handshake
+from tlsproxy.mysql.greeting import UpstreamGreeting, ssl_request_frame
 from tlsproxy.tls import UpstreamTls
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class _WarmingProtocol(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self.greeting: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._frames = FrameBuffer(1 << 16)
+        self._reader = UpstreamGreeting(require_tls=True)
         self._buffer = memoryview(bytearray(4096))
         self.ready = False
         self.dead = False
@@ -67,19 +66,10 @@ class _WarmingProtocol(asyncio.BufferedProtocol):
             self._die()  # after the greeting the server must wait for us
             return
         try:
-            self._frames.feed(self._buffer[:nbytes].tobytes())
-            frame = self._frames.next_frame()
-        except DecodeError as exc:
-            self.greeting.set_exception(ConnectionError(f"malformed greeting: {exc}"))
-            return
-        if frame is None:
-            return
-        if len(self._frames):
-            self.greeting.set_exception(ConnectionError("upstream sent more than its greeting"))
-        elif frame.sequence_id != 0 or frame.payload[:1] == bytes((PacketHeader.ERR,)):
-            self.greeting.set_exception(ConnectionError("upstream answered with an error instead of a greeting"))
-        else:
-            self.greeting.set_result(frame.payload)
+            if self._reader.receive_data(self._buffer[:nbytes].tobytes()) is not None:
+                self.greeting.set_result(self._reader.payload)
+        except TlsProxyError as exc:
+            self.greeting.set_exception(ConnectionError(exc.message))
 
     def eof_received(self) -> bool:
         self._die()
@@ -219,12 +209,9 @@ class PrewarmPool:
             async with asyncio.timeout(route.connect_timeout + route.handshake_timeout):
                 transport, protocol = await loop.create_connection(
                     _WarmingProtocol, route.upstream.host, route.upstream.port)
-                greeting = await protocol.greeting
-                parsed = parse_initial_handshake(greeting)
-                if not parsed.capability_flags & Capability.SSL:
-                    raise ConnectionError("upstream does not offer TLS")
+                greeting = await protocol.greeting  # judged like any other (TLS offered, seq 0, nothing more)
                 transport.pause_reading()  # nothing may be read in plaintext before TLS
-                transport.write(encode_frame(1, ssl_request))
+                transport.write(ssl_request_frame(ssl_request))
                 tls_transport = await loop.start_tls(
                     transport, protocol, tls.context, server_hostname=tls.server_hostname,
                     ssl_handshake_timeout=max(route.handshake_timeout, 0.1))

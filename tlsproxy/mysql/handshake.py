@@ -42,18 +42,14 @@ from tlsproxy.mysql.effects import (
     StartRelay,
     StartUpstreamTls,
 )
-from tlsproxy.mysql.machine_core import (
-    DEFAULT_MAX_AUTH_PACKETS,
-    DEFAULT_MAX_HANDSHAKE_PACKET,
-    check_upstream_greeting,
-)
+from tlsproxy.mysql.greeting import check_upstream_greeting, is_err_greeting, ssl_request_for, ssl_request_frame
+from tlsproxy.mysql.machine_core import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET
 from tlsproxy.mysql.messages import (
     parse_auth_switch,
     parse_change_user,
     parse_handshake_response,
     patch_client_capabilities,
     patch_greeting_capabilities,
-    ssl_request_from_response,
 )
 from tlsproxy.mysql.prewarm_adoption import PrewarmAdoption
 from tlsproxy.mysql.states import State, render_transitions
@@ -160,7 +156,7 @@ class HandshakeMachine(PrewarmAdoption):
         raise ServerProtocolError(f"upstream sent a packet before the client answered {waiting_for}")
 
     def _on_greeting(self, frame: Frame) -> list[Effect]:
-        if frame.payload[:1] == bytes((PacketHeader.ERR,)):
+        if is_err_greeting(frame):
             # Too many connections, host blocked...: the server's own words, already in the
             # pre-greeting format; pass them on as they are.
             self._set_state(State.CLOSED)
@@ -247,7 +243,7 @@ class HandshakeMachine(PrewarmAdoption):
             # The same as bytes arriving in a later read (receive_client_data in TLS_PENDING): the client
             # must wait for the server's answer, whatever the read boundaries.
             raise ClientProtocolError(CLIENT_DATA_BEFORE_ANSWER)
-        self.ssl_request = ssl_request_from_response(patched, MASKED_CAPABILITIES)
+        self.ssl_request = ssl_request_for(patched)
         if self._warm_ssl_request is not None:
             if self.ssl_request == self._warm_ssl_request:
                 self._set_state(State.AUTH)  # TLS is up already
@@ -255,7 +251,7 @@ class HandshakeMachine(PrewarmAdoption):
             return self._replace_prewarmed_upstream(response)
         self._set_state(State.TLS_PENDING)
         self._server_seq = 2
-        return [SendToServer(encode_frame(1, self.ssl_request)), StartUpstreamTls()]
+        return [SendToServer(ssl_request_frame(self.ssl_request)), StartUpstreamTls()]
 
     def _on_client_auth_packet(self, payload: bytes) -> list[Effect]:
         self._count_auth_packet(ClientProtocolError)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tlsproxy.errors import AuthEmulationError, ServerProtocolError, TlsProxyError, UpstreamTlsUnsupportedError
+from tlsproxy.errors import AuthEmulationError, ServerProtocolError, TlsProxyError
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
 from tlsproxy.mysql.command_watcher import CommandWatcher
-from tlsproxy.mysql.constants import MAX_PACKET_PAYLOAD, AuthPlugin, Capability
+from tlsproxy.mysql.constants import MAX_PACKET_PAYLOAD, AuthPlugin
 from tlsproxy.mysql.effects import AuthKey, Effect, SendToClient, SendToServer
+from tlsproxy.mysql.greeting import check_upstream_greeting
 from tlsproxy.mysql.messages import (
     ErrPacket,
     HandshakeResponse,
     InitialHandshake,
-    parse_initial_handshake,
     replace_auth_response,
 )
 from tlsproxy.mysql.rsa_exchange import PasswordInResponse, RsaExchange, ToClient, ToServer
@@ -30,19 +30,6 @@ DEFAULT_MAX_AUTH_PACKETS = 64
 """Packets (both directions) one authentication exchange may take after the HandshakeResponse. Real ones
 take at most a handful (caching_sha2 full auth with an AuthSwitch: 6); a peer looping AuthSwitch or
 auth-more-data forever is cut off instead of holding the connection until the handshake timeout."""
-
-
-def check_upstream_greeting(frame: Frame, *, require_tls: bool) -> InitialHandshake:
-    """The upstream's greeting, parsed and judged: seq 0, the 4.1 protocol, and TLS offered when the
-    route needs it (PROTOCOL.md §2). Shared by the machine, the prewarm pool and `tlsproxy check`."""
-    if frame.sequence_id != 0:
-        raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
-    greeting = parse_initial_handshake(frame.payload)
-    if not greeting.capability_flags & Capability.PROTOCOL_41:
-        raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
-    if require_tls and not greeting.capability_flags & Capability.SSL:
-        raise UpstreamTlsUnsupportedError("upstream does not offer TLS; refusing to send credentials in plaintext")
-    return greeting
 
 
 class MachineCore:

@@ -11,9 +11,10 @@ REPLACING, REPLACEMENT_TLS_PENDING, REAUTH), as MySQL Router does when it cannot
 from __future__ import annotations
 
 from tlsproxy.errors import ClientCapabilityError, ServerProtocolError
-from tlsproxy.mysql.codec import Frame, FrameBuffer, encode_frame
-from tlsproxy.mysql.constants import Capability, PacketHeader
+from tlsproxy.mysql.codec import Frame, FrameBuffer
+from tlsproxy.mysql.constants import Capability
 from tlsproxy.mysql.effects import CloseConnection, Effect, ReplaceUpstream, SendToServer, StartUpstreamTls
+from tlsproxy.mysql.greeting import is_err_greeting, ssl_request_frame
 from tlsproxy.mysql.machine_core import MachineCore
 from tlsproxy.mysql.messages import AuthSwitchRequest, HandshakeResponse, parse_handshake_response
 from tlsproxy.mysql.states import State
@@ -49,7 +50,7 @@ class PrewarmAdoption(MachineCore):
     def _on_replacement_greeting(self, frame: Frame) -> list[Effect]:
         """The fresh upstream that replaces a prewarmed one greeted: upgrade it with this client's own
         SSLRequest. Its nonce reaches the client in an AuthSwitchRequest once TLS is up."""
-        if frame.payload[:1] == bytes((PacketHeader.ERR,)):
+        if is_err_greeting(frame):
             self._set_state(State.CLOSED)
             return [self._to_client(frame.payload),
                     CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
@@ -57,7 +58,7 @@ class PrewarmAdoption(MachineCore):
         self._check_nothing_before_tls()
         self._server_seq = 2
         self._set_state(State.REPLACEMENT_TLS_PENDING)
-        return [SendToServer(encode_frame(1, self.ssl_request)), StartUpstreamTls()]
+        return [SendToServer(ssl_request_frame(self.ssl_request)), StartUpstreamTls()]
 
     def _send_reauth_switch(self) -> list[Effect]:
         assert self.client_response is not None and self.greeting is not None
