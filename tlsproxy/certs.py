@@ -524,7 +524,7 @@ _PKCS1V15 = padding.PKCS1v15()
 
 class AuthRsaKey:
     """The proxy's own RSA key pair used to emulate the server side of MySQL's caching_sha2_password /
-    sha256_password RSA exchange (see PROTOCOL.md §5.3 in the shared design notes).
+    sha256_password RSA exchange (see docs/PROTOCOL.md §5.3).
 
     Build one with :meth:`generate` or :meth:`load`. ``repr()`` never shows key material.
     """

@@ -3,7 +3,7 @@
 No installable server speaks MySQL 8's ``caching_sha2_password`` and
 ``sha256_password``, so this module emulates the parts of mysqld that matter
 to tlsproxy, modelled on ``sql/auth/sql_authentication.cc`` and
-``sql/auth/sha2_password.cc`` (see ``shared/PROTOCOL.md`` §1-§8):
+``sql/auth/sha2_password.cc`` (see ``docs/PROTOCOL.md`` §1-§8):
 
 * HandshakeV10 greeting with a 20-byte nonce made like ``generate_user_salt``
   (bytes 1..127, never NUL or ``'$'``, then a NUL).

@@ -1,6 +1,6 @@
 """Names and numbers of the MySQL classic protocol that the connection phase uses.
 
-Values: shared/PROTOCOL.md §2.1 (MySQL include/mysql_com.h, MariaDB mysql_com.h).
+Values: docs/PROTOCOL.md §2.1 (MySQL include/mysql_com.h, MariaDB mysql_com.h).
 """
 
 from __future__ import annotations
