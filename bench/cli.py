@@ -6,8 +6,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -15,29 +13,9 @@ from typing import Any
 
 from bench import model
 from bench.env import BenchEnv
+from bench.procs import machine_info
 from bench.sysbench import prepare_tables
 from bench.workloads import interleaved
-
-RESULTS_DIR = Path(__file__).parent / "results"
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory_kib = 0
-    try:
-        memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": round(memory_kib / 1048576, 1),
-            "kernel": platform.release(), "platform": platform.platform()}
-
 
 def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: int = 1) -> dict[str, Any]:
     started = time.time()
@@ -119,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]
-    out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    out = args.out or model.RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     run(size, out, event_loop=args.event_loop, workers=args.workers)
     return 0
 

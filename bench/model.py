@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+RESULTS_DIR = Path(__file__).parent / "results"  # one folder per run, results.json in each
 
 
 @dataclass(frozen=True)
