@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import datetime
 import hashlib
-import json
 import logging
 import math
 import os
@@ -47,7 +46,7 @@ from typing import Any, Callable
 
 from bench.env import BENCH_DATABASE, BenchEnv
 from bench.memory import settle, fd_count
-from bench.model import RESULTS_DIR, SCENARIO_BY_NAME
+from bench.model import RESULTS_DIR, SCENARIO_BY_NAME, SoakResults, SoakTotals
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
 from bench.procs import cpu_seconds, machine_info, rss_kib
 from bench.soak_summary import memory_summary, summary_markdown
@@ -392,7 +391,7 @@ def check_limits(env: BenchEnv, config: SoakConfig) -> dict[str, Any]:
     return limits
 
 
-def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> dict[str, Any]:
+def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> SoakResults:
     began = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -422,9 +421,9 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> dict[st
                     for name, value in proxy_counters(env).items()}
         versions = env.versions()
     results = _results(config, soak, limits, counters, leftover, versions, event_loop, began)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results.save(out / "results.json")
     (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
-    progress(f"soak: {'OK' if results['ok'] else 'FAILED'}; wrote {out / 'results.json'} and {out / 'summary.md'}")
+    progress(f"soak: {'OK' if results.ok else 'FAILED'}; wrote {out / 'results.json'} and {out / 'summary.md'}")
     return results
 
 
@@ -439,23 +438,23 @@ def _run_loop(coroutine: Any) -> None:
 
 
 def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: dict[str, Any], leftover: int,
-             versions: dict[str, str], event_loop: str, began: float) -> dict[str, Any]:
+             versions: dict[str, str], event_loop: str, began: float) -> SoakResults:
     stats = soak.stats
     steady_s = soak.finished - soak.ramp_end if soak.ramp_end is not None else 0.0
     errors = sum(stats.errors.values())
     accepted = counters.get("tlsproxy_connections_accepted_total", 0.0)
-    totals = {
-        "connections": config.connections, "max_open": stats.max_open,
-        "ramp_s": round(soak.ramp_end - soak.started, 2) if soak.ramp_end is not None else None,
-        "steady_s": round(steady_s, 1), "queries": stats.queries, "operations": stats.operations,
-        "echo_checks": stats.echo_checks, "blob_checks": stats.blob_checks, "blob_bytes": stats.blob_bytes,
-        "tls_checks": stats.tls_checks, "login_attempts": stats.login_attempts, "logins": stats.logins,
-        "reconnects": stats.reconnects,
-        "reconnects_per_s": round(stats.reconnects / steady_s, 2) if steady_s else None,
-        "queries_per_s": round(stats.queries / steady_s, 1) if steady_s else None,
-        "errors": errors, "errors_by_kind": dict(stats.errors), "error_examples": stats.error_examples,
-        "blob_rows_left": leftover,
-    }
+    totals = SoakTotals(
+        connections=config.connections, max_open=stats.max_open,
+        ramp_s=round(soak.ramp_end - soak.started, 2) if soak.ramp_end is not None else None,
+        steady_s=round(steady_s, 1), queries=stats.queries, operations=stats.operations,
+        echo_checks=stats.echo_checks, blob_checks=stats.blob_checks, blob_bytes=stats.blob_bytes,
+        tls_checks=stats.tls_checks, login_attempts=stats.login_attempts, logins=stats.logins,
+        reconnects=stats.reconnects,
+        reconnects_per_s=round(stats.reconnects / steady_s, 2) if steady_s else None,
+        queries_per_s=round(stats.queries / steady_s, 1) if steady_s else None,
+        errors=errors, errors_by_kind=dict(stats.errors), error_examples=stats.error_examples,
+        blob_rows_left=leftover,
+    )
     problems = [f"{errors} errors"] if errors else []
     if soak.ramp_end is None:
         problems.append(f"only {soak.first_logins} of {config.connections} connections logged in")
@@ -470,18 +469,18 @@ def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: d
         problems.append("the proxy counted failures: " + ", ".join(f"{name} {value:g}" for name, value in failed.items()))
     if stats.tls_checks != stats.logins:
         problems.append(f"{stats.logins} logins but {stats.tls_checks} upstream-TLS checks")
-    return {
-        "what": "soak: concurrent connections through tlsproxy's TLS TCP route with reconnect churn, every answer "
-                "checked, the proxy's RSS sampled over time",
-        "route": ROUTE, "config": {**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
-        "event_loop": event_loop, "client_event_loop": "uvloop", "started": began, "finished": time.time(),
-        "machine": machine_info(), "versions": versions, "limits": limits, "totals": totals,
-        "latency": {"query": stats.query_latency.summary(), "login": stats.login_latency.summary()},
-        "proxy_rss": memory_summary(soak.samples, "proxy_rss_kib"),
-        "server_rss": memory_summary(soak.samples, "server_rss_kib"),
-        "client_rss": memory_summary(soak.samples, "client_rss_kib"),
-        "proxy_counters": counters, "samples": soak.samples, "problems": problems, "ok": not problems,
-    }
+    return SoakResults(
+        what="soak: concurrent connections through tlsproxy's TLS TCP route with reconnect churn, every answer "
+             "checked, the proxy's RSS sampled over time",
+        route=ROUTE, config={**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
+        event_loop=event_loop, client_event_loop="uvloop", started=began, finished=time.time(),
+        machine=machine_info(), versions=versions, limits=limits, totals=totals,
+        latency={"query": stats.query_latency.summary(), "login": stats.login_latency.summary()},
+        proxy_rss=memory_summary(soak.samples, "proxy_rss_kib"),
+        server_rss=memory_summary(soak.samples, "server_rss_kib"),
+        client_rss=memory_summary(soak.samples, "client_rss_kib"),
+        proxy_counters=counters, samples=soak.samples, problems=problems, ok=not problems,
+    )
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -522,7 +521,7 @@ def command(args: argparse.Namespace) -> int:
     out = args.out or RESULTS_DIR / f"{datetime.date.today().isoformat()}-soak"
     results = run(config_from(args), out, event_loop=args.event_loop)
     print(summary_markdown(results).split("## Proxy RSS over time")[0].rstrip())
-    return 0 if results["ok"] else 1
+    return 0 if results.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
