@@ -66,8 +66,8 @@ class Variant:
         self.latency_keys = [key for key in metric_keys if key != self.headline and is_latency(key)]
         self.other_keys = [key for key in metric_keys if key != self.headline and key not in self.latency_keys]
         unit_keys = _first_seen(key for sample in samples for key in sample.units)
-        self.cpu_unit = CPU_UNIT.get(workload) if CPU_UNIT.get(workload) in unit_keys else (
-            unit_keys[0] if unit_keys else "")
+        preferred = CPU_UNIT.get(workload, "")
+        self.cpu_unit = preferred if preferred in unit_keys else (unit_keys[0] if unit_keys else "")
         present = {role for sample in samples for role in sample.cpu_s}
         self.roles = [role for role in ROLES if role in present] + sorted(present - set(ROLES))
 

@@ -8,7 +8,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 RESULTS_DIR = Path(__file__).parent / "results"  # one folder per run, results.json in each
 
@@ -119,7 +119,7 @@ def summarize(samples: list[Sample], metric: str) -> dict[str, float]:
 STATS_KEYS = {"median", "min", "max", "n", "mean", "stdev", "p50", "p90", "p95", "p99"}
 
 
-def finite(value: Any) -> bool:
+def finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -357,10 +357,11 @@ def _sample_from_json(item: dict[str, Any]) -> Sample:
 
 
 def _run_size_from_json(item: dict[str, Any]) -> RunSize:
-    return RunSize(**{key: tuple(value) if isinstance(value, list) else value for key, value in item.items()})
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value for key, value in item.items()}
+    return RunSize(**values)
 
 
-_SECTIONS = {"handshake": HandshakeResults, "proxy_metrics": ProxyMetrics, "memory": MemoryResults,
+_SECTIONS: dict[str, Any] = {"handshake": HandshakeResults, "proxy_metrics": ProxyMetrics, "memory": MemoryResults,
              "tls_matrix": TlsMatrixResults}
 
 

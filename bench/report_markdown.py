@@ -55,7 +55,7 @@ def _signed_percent(value: Any) -> str:
     return f"{value:+.1f}%" if finite(value) else "–"
 
 
-def fmt_ratio(value: float) -> str:
+def fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}×" if finite(value) else "–"
 
 
