@@ -102,13 +102,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarize(samples: list[Sample], metric: str) -> dict[str, float]:
-    values = [sample.metrics[metric] for sample in samples if metric in sample.metrics]
-    if not values:
-        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
-    return {"median": median(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 # ---- results.json: what `bench run` writes and `bench report` reads -------------------------------
 #
 # The top level, the samples and the scenarios are typed. Each optional module (bench/handshake.py,
