@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from bench import model
 from bench.env import BenchEnv
+from bench.procs import machine_info
+from bench.report import write_report
 from bench.sysbench import prepare_tables
 from bench.workloads import interleaved
 
-RESULTS_DIR = Path(__file__).parent / "results"
 
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory_kib = 0
-    try:
-        memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gib": round(memory_kib / 1048576, 1),
-            "kernel": platform.release(), "platform": platform.platform()}
-
-
-def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: int = 1) -> dict[str, Any]:
+def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: int = 1) -> model.RunResults:
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -47,47 +25,31 @@ def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: 
         print(f"[{time.time() - started:6.1f}s] {message}", flush=True)
 
     progress(f"bench {size.name}: starting MariaDB with TLS, tlsproxy and socat")
-    results: dict[str, Any] = {"size": size.name, "run_size": size.__dict__, "started": started,
-                               "machine": machine_info(), "event_loop": event_loop, "workers": workers,
-                               "scenarios": [s.__dict__ for s in model.SCENARIOS]}
+    results = model.RunResults(size=size.name, run_size=size, started=started, machine=machine_info(),
+                               event_loop=event_loop, workers=workers, scenarios=list(model.SCENARIOS))
     with BenchEnv.create(event_loop=event_loop, workers=workers) as env:
         assert env.server is not None
-        results["versions"] = env.versions()
+        results.versions = env.versions()
         prepare_tables(env.endpoint(model.SCENARIO_BY_NAME["plaintext"]), table_size=size.table_size,
                        workdir=env.workdir)
-        samples = interleaved(env, size, progress=progress)
-        results["samples"] = [sample.to_json() for sample in samples]
-        extra = _optional_workloads(env, size, progress)
-        results.update(extra)
-    results["finished"] = time.time()
-    (out / "results.json").write_text(json.dumps(_json_safe(results), indent=1, default=str))
-    from bench.report import write_report
-
+        results.samples = interleaved(env, size, progress=progress)
+        _optional_workloads(env, size, progress, results)
+    results.finished = time.time()
+    results.save(out / "results.json")
     write_report(results, out)
     progress(f"done: {out / 'report.md'}")
     return results
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN (a metric with no data) as null: strict JSON tools reject bare NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _optional_workloads(env: BenchEnv, size: model.RunSize, progress) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _optional_workloads(env: BenchEnv, size: model.RunSize, progress, results: model.RunResults) -> None:  # type: ignore[no-untyped-def]
     from bench import handshake, memory, proxy_metrics, tls_matrix
 
-    results: dict[str, Any] = {"handshake": handshake.run(env, size, progress)}
-    results["proxy_metrics"] = proxy_metrics.run(env, size, progress, results["handshake"])
-    results["memory"] = memory.run(env, size, progress)
+    measured = handshake.run(env, size, progress)
+    results.handshake = model.HandshakeResults.from_json(measured)
+    results.proxy_metrics = model.ProxyMetrics.from_json(proxy_metrics.run(env, size, progress, measured))
+    results.memory = model.MemoryResults.from_json(memory.run(env, size, progress))
     if size.tls_matrix:
-        results["tls_matrix"] = tls_matrix.run(env, size, progress)
-    return results
+        results.tls_matrix = model.TlsMatrixResults.from_json(tls_matrix.run(env, size, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,14 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "soak":
         return soak.command(args)
     if args.command == "report":
-        from bench.report import write_report
-
-        write_report(json.loads((args.directory / "results.json").read_text()), args.directory)
+        write_report(model.RunResults.load(args.directory / "results.json"), args.directory)
         print(f"wrote {args.directory / 'report.md'}")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]
-    out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    out = args.out or model.RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     run(size, out, event_loop=args.event_loop, workers=args.workers)
     return 0
 

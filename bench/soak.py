@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import datetime
 import hashlib
-import json
 import logging
 import math
 import os
@@ -45,12 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.cli import RESULTS_DIR, machine_info
 from bench.env import BENCH_DATABASE, BenchEnv
 from bench.memory import settle, fd_count
-from bench.model import SCENARIO_BY_NAME
+from bench.model import RESULTS_DIR, SCENARIO_BY_NAME, SoakResults, SoakTotals
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
-from bench.procs import cpu_seconds, rss_kib
+from bench.procs import cpu_seconds, machine_info, rss_kib
+from bench.soak_summary import memory_summary, summary_markdown
 
 ROUTE = "proxy_tls_tcp"
 TABLE = f"{BENCH_DATABASE}.soak_blobs"
@@ -343,36 +342,6 @@ class Soak:
         self.sample("end")
 
 
-# ---- summaries --------------------------------------------------------------------------------
-
-
-def slope_per_minute(points: list[dict[str, Any]], key: str) -> float | None:
-    """Least-squares slope of points[key] against points["t"], per minute."""
-    if len(points) < 2:
-        return None
-    ts = [point["t"] for point in points]
-    ys = [point[key] for point in points]
-    mean_t, mean_y = sum(ts) / len(ts), sum(ys) / len(ys)
-    spread = sum((t - mean_t) ** 2 for t in ts)
-    if spread == 0:
-        return None
-    return 60 * sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys)) / spread
-
-
-def memory_summary(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    steady = [point for point in samples if point["phase"] == "steady"]
-    if not steady:
-        return {"steady_samples": 0}
-    half = [point for point in steady if point["t"] >= (steady[0]["t"] + steady[-1]["t"]) / 2]
-    before = next((point[key] for point in samples if point["phase"] == "before"), None)
-    after = next((point[key] for point in samples if point["phase"] == "after_close"), None)
-    return {"steady_samples": len(steady), "before_kib": before, "start_kib": steady[0][key],
-            "end_kib": steady[-1][key], "max_kib": max(point[key] for point in steady),
-            "min_kib": min(point[key] for point in steady),
-            "slope_kib_per_min": slope_per_minute(steady, key),
-            "slope_second_half_kib_per_min": slope_per_minute(half, key), "after_close_kib": after}
-
-
 def proxy_counters(env: BenchEnv) -> dict[str, float]:
     from bench.proxy_metrics import scrape
 
@@ -422,7 +391,7 @@ def check_limits(env: BenchEnv, config: SoakConfig) -> dict[str, Any]:
     return limits
 
 
-def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> dict[str, Any]:
+def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> SoakResults:
     began = time.time()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -452,9 +421,9 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> dict[st
                     for name, value in proxy_counters(env).items()}
         versions = env.versions()
     results = _results(config, soak, limits, counters, leftover, versions, event_loop, began)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results.save(out / "results.json")
     (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
-    progress(f"soak: {'OK' if results['ok'] else 'FAILED'}; wrote {out / 'results.json'} and {out / 'summary.md'}")
+    progress(f"soak: {'OK' if results.ok else 'FAILED'}; wrote {out / 'results.json'} and {out / 'summary.md'}")
     return results
 
 
@@ -469,23 +438,23 @@ def _run_loop(coroutine: Any) -> None:
 
 
 def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: dict[str, Any], leftover: int,
-             versions: dict[str, str], event_loop: str, began: float) -> dict[str, Any]:
+             versions: dict[str, str], event_loop: str, began: float) -> SoakResults:
     stats = soak.stats
     steady_s = soak.finished - soak.ramp_end if soak.ramp_end is not None else 0.0
     errors = sum(stats.errors.values())
     accepted = counters.get("tlsproxy_connections_accepted_total", 0.0)
-    totals = {
-        "connections": config.connections, "max_open": stats.max_open,
-        "ramp_s": round(soak.ramp_end - soak.started, 2) if soak.ramp_end is not None else None,
-        "steady_s": round(steady_s, 1), "queries": stats.queries, "operations": stats.operations,
-        "echo_checks": stats.echo_checks, "blob_checks": stats.blob_checks, "blob_bytes": stats.blob_bytes,
-        "tls_checks": stats.tls_checks, "login_attempts": stats.login_attempts, "logins": stats.logins,
-        "reconnects": stats.reconnects,
-        "reconnects_per_s": round(stats.reconnects / steady_s, 2) if steady_s else None,
-        "queries_per_s": round(stats.queries / steady_s, 1) if steady_s else None,
-        "errors": errors, "errors_by_kind": dict(stats.errors), "error_examples": stats.error_examples,
-        "blob_rows_left": leftover,
-    }
+    totals = SoakTotals(
+        connections=config.connections, max_open=stats.max_open,
+        ramp_s=round(soak.ramp_end - soak.started, 2) if soak.ramp_end is not None else None,
+        steady_s=round(steady_s, 1), queries=stats.queries, operations=stats.operations,
+        echo_checks=stats.echo_checks, blob_checks=stats.blob_checks, blob_bytes=stats.blob_bytes,
+        tls_checks=stats.tls_checks, login_attempts=stats.login_attempts, logins=stats.logins,
+        reconnects=stats.reconnects,
+        reconnects_per_s=round(stats.reconnects / steady_s, 2) if steady_s else None,
+        queries_per_s=round(stats.queries / steady_s, 1) if steady_s else None,
+        errors=errors, errors_by_kind=dict(stats.errors), error_examples=stats.error_examples,
+        blob_rows_left=leftover,
+    )
     problems = [f"{errors} errors"] if errors else []
     if soak.ramp_end is None:
         problems.append(f"only {soak.first_logins} of {config.connections} connections logged in")
@@ -500,95 +469,18 @@ def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: d
         problems.append("the proxy counted failures: " + ", ".join(f"{name} {value:g}" for name, value in failed.items()))
     if stats.tls_checks != stats.logins:
         problems.append(f"{stats.logins} logins but {stats.tls_checks} upstream-TLS checks")
-    return {
-        "what": "soak: concurrent connections through tlsproxy's TLS TCP route with reconnect churn, every answer "
-                "checked, the proxy's RSS sampled over time",
-        "route": ROUTE, "config": {**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
-        "event_loop": event_loop, "client_event_loop": "uvloop", "started": began, "finished": time.time(),
-        "machine": machine_info(), "versions": versions, "limits": limits, "totals": totals,
-        "latency": {"query": stats.query_latency.summary(), "login": stats.login_latency.summary()},
-        "proxy_rss": memory_summary(soak.samples, "proxy_rss_kib"),
-        "server_rss": memory_summary(soak.samples, "server_rss_kib"),
-        "client_rss": memory_summary(soak.samples, "client_rss_kib"),
-        "proxy_counters": counters, "samples": soak.samples, "problems": problems, "ok": not problems,
-    }
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def summary_markdown(results: dict[str, Any]) -> str:
-    config, totals, rss = results["config"], results["totals"], results["proxy_rss"]
-    server = results["server_rss"]
-    day = datetime.datetime.fromtimestamp(results["started"]).strftime("%Y-%m-%d %H:%M")
-    lines = [
-        f"# Soak: {totals['connections']:,} connections through tlsproxy ({day})", "",
-        f"**{'OK' if results['ok'] else 'FAILED: ' + '; '.join(results['problems'])}**", "",
-        f"Route `{results['route']}` (TLS upstream, VERIFY_IDENTITY), proxy event loop {results['event_loop']}; "
-        f"{results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), shared with other work. "
-        f"Each connection pauses uniform 0–{2 * config['query_interval_s']:g} s before each operation, quits after "
-        f"uniform 1–{max(1, round(2 * config['mean_operations_per_login'] - 1))} operations (target "
-        f"{config['reconnect_rate']:g} reconnects/s); one operation in {config['blob_every']} is a blob round trip "
-        f"(INSERT ≤ {config['blob_max_bytes']:,} random bytes, SELECT them back with SHA2, DELETE). Seed {config['seed']}.",
-        "", "| | |", "|---|---|",
-        f"| connections (target / max open) | {totals['connections']:,} / {totals['max_open']:,} |",
-        f"| ramp (all logged in) | {_fmt(totals['ramp_s'])} s |",
-        f"| duration after ramp | {_fmt(totals['steady_s'])} s |",
-        f"| queries | {totals['queries']:,} ({_fmt(totals['queries_per_s'])}/s) |",
-        f"| checked answers | {totals['echo_checks']:,} echoes, {totals['blob_checks']:,} blobs "
-        f"({totals['blob_bytes'] / 1048576:,.1f} MiB), {totals['tls_checks']:,} upstream-TLS checks |",
-        f"| reconnects | {totals['reconnects']:,} ({_fmt(totals['reconnects_per_s'], 2)}/s) |",
-        f"| errors | {totals['errors']:,}"
-        + (" (" + ", ".join(f"{kind}: {count:,}" for kind, count in sorted(totals["errors_by_kind"].items())) + ")"
-           if totals["errors_by_kind"] else "") + " |",
-        f"| query latency p50 / p99 / max | {_fmt(results['latency']['query']['p50_ms'], 2)} / "
-        f"{_fmt(results['latency']['query']['p99_ms'], 2)} / {_fmt(results['latency']['query']['max_ms'], 1)} ms |",
-        f"| login latency p50 / p99 / max | {_fmt(results['latency']['login']['p50_ms'], 2)} / "
-        f"{_fmt(results['latency']['login']['p99_ms'], 2)} / {_fmt(results['latency']['login']['max_ms'], 1)} ms |",
-        f"| proxy RSS idle before / start / end / max | {_fmt(rss.get('before_kib'))} / {_fmt(rss.get('start_kib'))} / "
-        f"{_fmt(rss.get('end_kib'))} / {_fmt(rss.get('max_kib'))} KiB |",
-        f"| proxy RSS slope (whole / second half) | {_fmt(rss.get('slope_kib_per_min'))} / "
-        f"{_fmt(rss.get('slope_second_half_kib_per_min'))} KiB/min |",
-        f"| proxy RSS after all closed | {_fmt(rss.get('after_close_kib'))} KiB |",
-        f"| MariaDB RSS start / end / max | {_fmt(server.get('start_kib'))} / {_fmt(server.get('end_kib'))} / "
-        f"{_fmt(server.get('max_kib'))} KiB |",
-        f"| blob rows left | {totals['blob_rows_left']:,} |", "",
-        "Limits: " + ", ".join(f"{key} {value}" for key, value in results["limits"].items()) + ".", "",
-        "The proxy's counters for the route during the run: " + ", ".join(
-            f"`{key}` {value:g}" for key, value in sorted(results["proxy_counters"].items())) + ".", "",
-    ]
-    if totals["error_examples"]:
-        lines += ["## Errors (first examples)", ""]
-        for kind, examples in sorted(totals["error_examples"].items()):
-            lines += [f"- {kind}: " + "; ".join(f"`{example}`" for example in examples)]
-        lines.append("")
-    lines += ["## Proxy RSS over time", "", "| t (s) | phase | open | queries | reconnects | errors | proxy RSS (KiB) "
-              "| proxy fds | MariaDB RSS (KiB) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for point in _thin(results["samples"], 40):
-        lines.append(f"| {point['t']:.0f} | {point['phase']} | {point['open']:,} | {point['queries']:,} | "
-                     f"{point['reconnects']:,} | {point['errors']:,} | {point['proxy_rss_kib']:,} | "
-                     f"{point['proxy_fds']:,} | {point['server_rss_kib']:,} |")
-    lines += ["", f"All {len(results['samples'])} samples are in results.json.", ""]
-    return "\n".join(lines)
-
-
-def _thin(samples: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:
-    """At most `most` samples, evenly spaced, always with the first and the last of each phase."""
-    if len(samples) <= most:
-        return samples
-    keep = {round(i * (len(samples) - 1) / (most - 1)) for i in range(most)}
-    for index, point in enumerate(samples):
-        if index == 0 or index == len(samples) - 1 or point["phase"] != samples[index - 1]["phase"] \
-                or point["phase"] != samples[min(index + 1, len(samples) - 1)]["phase"]:
-            keep.add(index)
-    return [samples[index] for index in sorted(keep)]
+    return SoakResults(
+        what="soak: concurrent connections through tlsproxy's TLS TCP route with reconnect churn, every answer "
+             "checked, the proxy's RSS sampled over time",
+        route=ROUTE, config={**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
+        event_loop=event_loop, client_event_loop="uvloop", started=began, finished=time.time(),
+        machine=machine_info(), versions=versions, limits=limits, totals=totals,
+        latency={"query": stats.query_latency.summary(), "login": stats.login_latency.summary()},
+        proxy_rss=memory_summary(soak.samples, "proxy_rss_kib"),
+        server_rss=memory_summary(soak.samples, "server_rss_kib"),
+        client_rss=memory_summary(soak.samples, "client_rss_kib"),
+        proxy_counters=counters, samples=soak.samples, problems=problems, ok=not problems,
+    )
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -629,7 +521,7 @@ def command(args: argparse.Namespace) -> int:
     out = args.out or RESULTS_DIR / f"{datetime.date.today().isoformat()}-soak"
     results = run(config_from(args), out, event_loop=args.event_loop)
     print(summary_markdown(results).split("## Proxy RSS over time")[0].rstrip())
-    return 0 if results["ok"] else 1
+    return 0 if results.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
