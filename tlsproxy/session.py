@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Coroutine
 
 from tlsproxy.config import Route, SslMode
 from tlsproxy.metrics import ProxyMetrics, auth_plugin_label
@@ -110,7 +110,7 @@ class Session:
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self._upstream_protocol: _UpstreamSide | None = _UpstreamSide(self)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._relay_started = asyncio.Event()
         self._closed = False
         self._client_eof = False
@@ -121,7 +121,6 @@ class Session:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._phase_start = self.stats.accepted_at
         self._refused = False
-        self._replacing: asyncio.Task[None] | None = None
         self.client_address = "-"
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -130,7 +129,7 @@ class Session:
         self.client = transport
         self.client_address = _format_peer(transport)
         _set_nodelay(transport)
-        self._task = self._loop.create_task(self._handshake())
+        self._spawn(self._handshake())
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
@@ -138,6 +137,15 @@ class Session:
         self.client = transport
         self.client_address = _format_peer(transport)
         self.fail(error)
+
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        """Run a task of this session's: kept until it ends, cancelled by `close`, never started after it."""
+        if self._closed:
+            coroutine.close()
+            return
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _handshake(self) -> None:
         route = self.route
@@ -217,7 +225,7 @@ class Session:
             self.upstream.abort()
         self.upstream = None
         self._upstream_protocol = _UpstreamSide(self)
-        self._replacing = self._loop.create_task(self._connect_replacement())
+        self._spawn(self._connect_replacement())
 
     async def _connect_replacement(self) -> None:
         try:
@@ -247,7 +255,7 @@ class Session:
                 # Read nothing more in plaintext: start_tls resumes reading under TLS (STYLE.md: asyncpg).
                 if self.upstream is not None:
                     self.upstream.pause_reading()
-                self._loop.create_task(self._start_tls())
+                self._spawn(self._start_tls())
             elif isinstance(effect, StartRelay):
                 self._start_relay()
             elif isinstance(effect, ReplaceUpstream):
@@ -463,8 +471,8 @@ class Session:
         for transport in (self.client, upstream):
             if transport is not None and not transport.is_closing():
                 transport.close()
-        for task in (self._task, self._replacing):
-            if task is not None and not task.done() and asyncio.current_task() is not task:
+        for task in self._tasks:
+            if not task.done() and asyncio.current_task() is not task:
                 task.cancel()
         self._log_end()
         if self.runtime.metrics is not None:
@@ -482,8 +490,7 @@ class Session:
         self.upstream = None
         self._upstream_protocol = None  # it keeps pointing here, for its late callbacks
         self.machine.discard()
-        self._task = None
-        self._replacing = None
+        self._tasks.clear()
         self._idle_timer = self._linger_timer = None
 
     def abort(self, reason: str) -> None:
