@@ -13,11 +13,12 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Coroutine
 
-from tlsproxy.config import Route, SslMode
-from tlsproxy.metrics import ProxyMetrics, auth_plugin_label
+from tlsproxy.config import Route
+from tlsproxy.connection_record import ConnectionRecord, ConnectionStats
+from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.errors import (
     HandshakeTimeoutError,
     TlsProxyError,
@@ -45,28 +46,7 @@ log = logging.getLogger(__name__)
 HALF_CLOSE_LINGER_SECONDS = 30.0
 """After a client half-close, how long the server may take to answer and close before the proxy does."""
 
-
-@dataclass
-class ConnectionStats:
-    """What one connection did; logged once when it ends."""
-
-    accepted_at: float = field(default_factory=time.monotonic)
-    connect_seconds: float | None = None
-    greeting_seconds: float | None = None
-    tls_seconds: float | None = None
-    auth_seconds: float | None = None
-    tls_version: str | None = None
-    tls_cipher: str | None = None
-    tls_resumed: bool | None = None
-    prewarmed: bool = False
-    tls_handshake_cpu_seconds: float | None = None
-    certificate_not_after: float | None = None
-    bytes_client_to_server: int = 0
-    bytes_server_to_client: int = 0
-    auth_plugin: str = ""
-    outcome: Outcome = Outcome.OPEN
-    reason: str = ""
-    closed_by: str = ""
+__all__ = ["ClientSide", "ConnectionStats", "RouteRuntime", "Session"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +83,9 @@ class Session:
         self.runtime = runtime
         self.route = runtime.route
         self.conn_id = conn_id
-        self.stats = ConnectionStats()
+        self.record = ConnectionRecord(runtime.route, conn_id, tls=runtime.upstream_tls is not None,
+                                       metrics=runtime.metrics)
+        self.stats = self.record.stats
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
         self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
@@ -119,23 +101,24 @@ class Session:
         self._last_activity = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._phase_start = self.stats.accepted_at
-        self._refused = False
-        self.client_address = "-"
+
+    @property
+    def client_address(self) -> str:
+        return self.record.client_address
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def client_connected(self, transport: asyncio.Transport) -> None:
         self.client = transport
-        self.client_address = _format_peer(transport)
+        self.record.client_address = _format_peer(transport)
         _set_nodelay(transport)
         self._spawn(self._handshake())
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
-        self._refused = True
+        self.record.refused = True
         self.client = transport
-        self.client_address = _format_peer(transport)
+        self.record.client_address = _format_peer(transport)
         self.fail(error)
 
     def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
@@ -201,7 +184,7 @@ class Session:
             transport.close()
             return
         self.stats.connect_seconds = time.monotonic() - started
-        self._phase_start = time.monotonic()
+        self.stats.start_phase()
 
     def _adopt_prewarmed(self, warm: WarmUpstream) -> None:
         """Take over a prewarmed upstream: TCP, greeting, SSLRequest and TLS are done."""
@@ -213,7 +196,7 @@ class Session:
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
         self._note_tls(warm.transport)
-        self._phase_start = time.monotonic()
+        self.stats.start_phase()
         self._run_machine(lambda: self.machine.adopt_prewarmed_upstream(warm.greeting_payload, warm.ssl_request))
 
     def _replace_upstream(self) -> None:
@@ -246,10 +229,7 @@ class Session:
                     self.upstream.write(effect.data)
             elif isinstance(effect, SendToClient):
                 if self.client is not None and effect.data:
-                    if self.stats.greeting_seconds is None:
-                        now = time.monotonic()
-                        self.stats.greeting_seconds = now - self._phase_start
-                        self._phase_start = now
+                    self.record.first_packet_to_client()
                     self.client.write(effect.data)
             elif isinstance(effect, StartUpstreamTls):
                 # Read nothing more in plaintext: start_tls resumes reading under TLS (STYLE.md: asyncpg).
@@ -287,7 +267,7 @@ class Session:
             return
         self.upstream = transport
         self.stats.tls_seconds = time.monotonic() - started
-        self._phase_start = time.monotonic()
+        self.stats.start_phase()
         self._note_tls(transport)
         self._run_machine(self.machine.tls_established)
 
@@ -321,12 +301,8 @@ class Session:
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
         self._relaying = True
-        self.stats.auth_seconds = time.monotonic() - self._phase_start
-        self.stats.auth_plugin = self.machine.auth_plugin
-        self.stats.outcome = Outcome.RELAYED
         self._relay_started.set()
-        if self.runtime.metrics is not None:
-            self._record_handshake(self.runtime.metrics)
+        self.record.relay_started(self.machine.auth_plugin)
         if self.route.idle_timeout:
             self._idle_timer = self._loop.call_later(self.route.idle_timeout, self._check_idle)
 
@@ -453,12 +429,6 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        if outcome is not None:
-            self.stats.outcome = outcome
-        elif self.stats.outcome in (Outcome.OPEN, Outcome.RELAYED):
-            self.stats.outcome = Outcome.OK if self._relaying else Outcome.ABORTED
-        self.stats.reason = reason
-        self.stats.closed_by = closed_by
         for timer in (self._idle_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
@@ -474,9 +444,7 @@ class Session:
         for task in self._tasks:
             if not task.done() and asyncio.current_task() is not task:
                 task.cancel()
-        self._log_end()
-        if self.runtime.metrics is not None:
-            self._record_end(self.runtime.metrics)
+        self.record.end(reason, outcome, closed_by, relayed=self._relaying)
         self._on_closed(self)
         self._release()
 
@@ -499,68 +467,6 @@ class Session:
             if transport is not None:
                 transport.abort()
         self.close(reason, outcome=Outcome.ABORTED)
-
-    def _record_handshake(self, metrics: ProxyMetrics) -> None:
-        stats, route = self.stats, self.route.name
-        phases = {"connect": stats.connect_seconds, "greeting": stats.greeting_seconds, "tls": stats.tls_seconds,
-                  "auth": stats.auth_seconds, "total": time.monotonic() - stats.accepted_at}
-        for phase, seconds in phases.items():
-            if seconds is not None:
-                metrics.handshake_duration.labels(route, phase).observe(seconds)
-        if stats.tls_version is not None:
-            resumed = "yes" if stats.tls_resumed else "no"
-            metrics.tls_handshakes.labels(route, stats.tls_version, stats.tls_cipher or "", resumed).inc()
-            if stats.tls_handshake_cpu_seconds is not None:
-                metrics.tls_handshake_cpu.labels(route, resumed).observe(stats.tls_handshake_cpu_seconds)
-        if stats.certificate_not_after is not None:
-            metrics.certificate_not_after.labels(route).set(stats.certificate_not_after)
-        metrics.auth_plugins.labels(route, auth_plugin_label(stats.auth_plugin)).inc()
-
-    def _record_end(self, metrics: ProxyMetrics) -> None:
-        route = self.route.name
-        if self._refused:
-            metrics.connections_refused.labels(route, self.stats.outcome).inc()
-            return
-        metrics.connections_closed.labels(route, self.stats.outcome).inc()
-        if not self._relaying:
-            metrics.handshake_failures.labels(route, self.stats.outcome).inc()
-
-    def _log_end(self) -> None:
-        """One line per connection: key=value text, or (with --log-format json) the same fields as JSON."""
-        stats = self.stats
-        mode = self.route.tls.mode
-
-        def ms(value: float | None) -> float | None:
-            return None if value is None else round(value * 1000, 3)
-
-        fields: dict[str, object] = {
-            "conn": self.conn_id, "route": self.route.name, "client": self.client_address,
-            "upstream": str(self.route.upstream), "outcome": stats.outcome, "closed_by": stats.closed_by,
-            "tls": "off" if self.runtime.upstream_tls is None else stats.tls_version, "cipher": stats.tls_cipher,
-            "resumed": stats.tls_resumed, "prewarmed": stats.prewarmed, "auth": stats.auth_plugin or None,
-            "connect_ms": ms(stats.connect_seconds), "greeting_ms": ms(stats.greeting_seconds),
-            "tls_ms": ms(stats.tls_seconds), "auth_ms": ms(stats.auth_seconds),
-            "duration_ms": ms(time.monotonic() - stats.accepted_at),
-            "bytes_up": stats.bytes_client_to_server, "bytes_down": stats.bytes_server_to_client,
-            "reason": stats.reason,
-        }
-        if mode is SslMode.REQUIRED:
-            fields["warning"] = "upstream certificate NOT verified (ssl_mode=REQUIRED)"
-        elif mode is SslMode.DISABLED:
-            fields["warning"] = "upstream NOT encrypted (ssl_mode=DISABLED)"
-
-        def text(value: object) -> str:
-            if value is None:
-                return "-"
-            if isinstance(value, bool):
-                return "yes" if value else "no"
-            return repr(value) if isinstance(value, str) and (" " in value or not value) else str(value)
-
-        message = " ".join(f"{key}={text(value)}" for key, value in fields.items() if key != "warning")
-        if "warning" in fields:
-            message += f" WARNING: {fields['warning']}"
-        quiet = stats.outcome in (Outcome.OK, Outcome.RELAYED, Outcome.AUTH_DENIED) and "warning" not in fields
-        log.log(logging.INFO if quiet else logging.WARNING, message, extra={"connection": fields})
 
 
 class ClientSide(asyncio.Protocol):
