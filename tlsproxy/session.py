@@ -1,8 +1,10 @@
 """One proxied connection: the asyncio driver around `HandshakeMachine`.
 
-It owns the two sockets (as asyncio Protocols on both legs), the upstream TLS upgrade
-(`loop.start_tls`, never a StreamWriter: see STYLE.md on uvloop #707 / CPython #142352), the timeouts,
-backpressure, half-close, and turning errors into the ERR packet the client expects.
+It wires the two legs (asyncio Protocols on both) to the machine: the machine's effects are carried out
+in order, with no `await` between feeding it and acting on what it returns; it also owns the timers,
+backpressure, half-close, and turning errors into the ERR packet the client expects. Connecting and
+upgrading the upstream leg is `upstream.py`'s; the record of what the connection did, its outcome,
+metrics and log line, `connection_record.py`'s.
 """
 
 from __future__ import annotations
@@ -10,22 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Coroutine
 
+from tlsproxy import upstream
 from tlsproxy.config import Route
 from tlsproxy.connection_record import ConnectionRecord, ConnectionStats
+from tlsproxy.errors import HandshakeTimeoutError, TlsProxyError, UpstreamLostError
 from tlsproxy.metrics import ProxyMetrics
-from tlsproxy.errors import (
-    HandshakeTimeoutError,
-    TlsProxyError,
-    UpstreamConnectError,
-    UpstreamLostError,
-    UpstreamTimeoutError,
-)
 from tlsproxy.mysql.handshake import (
     AuthKey,
     CloseConnection,
@@ -39,7 +34,7 @@ from tlsproxy.mysql.handshake import (
 )
 from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool, WarmUpstream
-from tlsproxy.tls import UpstreamTls, describe_tls_failure
+from tlsproxy.tls import UpstreamTls
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +53,8 @@ class RouteRuntime:
     auth_key: AuthKey | None
     metrics: ProxyMetrics | None = None
     prewarm: PrewarmPool | None = None
+    connector: upstream.Connector = upstream.create_connection
+    """How the sessions open TCP to the upstream (tests pass a fake)."""
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -91,7 +88,7 @@ class Session:
         self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self._upstream_protocol: _UpstreamSide | None = _UpstreamSide(self)
+        self._upstream_protocol: upstream.UpstreamSide | None = upstream.UpstreamSide(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._relay_started = asyncio.Event()
         self._closed = False
@@ -153,33 +150,9 @@ class Session:
             self.close("internal error", outcome=Outcome.INTERNAL_ERROR)
 
     async def _connect_upstream(self) -> None:
-        """TCP to the upstream: the name is resolved again for every connection and each address tried;
-        a refused or unreachable upstream is retried with backoff for `connect_retry_window` (a
-        primary/secondary switchover takes seconds), all inside the handshake timeout."""
-        route = self.route
         started = time.monotonic()
-        retry_until = started + route.connect_retry_window
-        delay, attempts = 0.05, 0
-        while True:
-            attempts += 1
-            try:
-                async with asyncio.timeout(route.connect_timeout):
-                    transport, _ = await self._loop.create_connection(
-                        lambda: self._upstream_protocol or asyncio.Protocol(), route.upstream.host, route.upstream.port,
-                    )
-                break
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s",
-                ) from None
-            except OSError as exc:
-                if time.monotonic() + delay > retry_until:
-                    reason = exc.strerror or str(exc)
-                    tried = f" ({attempts} attempts in {time.monotonic() - started:.1f}s)" if attempts > 1 else ""
-                    raise UpstreamConnectError(f"cannot connect to upstream {route.upstream}: {reason}{tried}") from None
-                log.debug("conn=%d upstream %s: %s; retrying in %.2fs", self.conn_id, route.upstream, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        transport = await upstream.connect(self.route, lambda: self._upstream_protocol or asyncio.Protocol(),
+                                           conn_id=self.conn_id, connector=self.runtime.connector)
         if self._closed:
             transport.close()
             return
@@ -195,7 +168,7 @@ class Session:
         warm.transport.set_protocol(self._upstream_protocol)
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
-        self._note_tls(warm.transport)
+        upstream.note_tls(self.stats, warm.transport)
         self.stats.start_phase()
         self._run_machine(lambda: self.machine.adopt_prewarmed_upstream(warm.greeting_payload, warm.ssl_request))
 
@@ -207,7 +180,7 @@ class Session:
             self.upstream.set_protocol(asyncio.Protocol())
             self.upstream.abort()
         self.upstream = None
-        self._upstream_protocol = _UpstreamSide(self)
+        self._upstream_protocol = upstream.UpstreamSide(self)
         self._spawn(self._connect_replacement())
 
     async def _connect_replacement(self) -> None:
@@ -216,7 +189,7 @@ class Session:
         except TlsProxyError as error:
             self.fail(error)
 
-    def _upstream_connected(self, transport: asyncio.Transport) -> None:
+    def upstream_connected(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
         _set_nodelay(transport)
 
@@ -250,16 +223,10 @@ class Session:
         assert upstream_tls is not None
         started = time.monotonic()
         try:
-            transport = await self._loop.start_tls(
-                self.upstream, self._upstream_protocol, upstream_tls.context,
-                server_hostname=upstream_tls.server_hostname,
-                ssl_handshake_timeout=max(self.route.handshake_timeout, 0.1),
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # ssl, OS and EOF errors
-            if not self._closed:
-                self.fail(describe_tls_failure(exc, upstream_tls))
+            transport = await upstream.start_tls(self.upstream, self._upstream_protocol, upstream_tls,
+                                                 self.route.handshake_timeout)
+        except TlsProxyError as error:
+            self.fail(error)
             return
         if self._closed or transport is None:
             if transport is not None:
@@ -268,36 +235,11 @@ class Session:
         self.upstream = transport
         self.stats.tls_seconds = time.monotonic() - started
         self.stats.start_phase()
-        self._note_tls(transport)
+        upstream.note_tls(self.stats, transport)
         self._run_machine(self.machine.tls_established)
 
-    def _note_tls(self, transport: asyncio.Transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.stats.tls_version = ssl_object.version()
-            cipher = ssl_object.cipher()
-            self.stats.tls_cipher = cipher[0] if cipher else None
-            self.stats.tls_resumed = ssl_object.session_reused
-            self.stats.tls_handshake_cpu_seconds = getattr(ssl_object, "handshake_cpu_seconds", None)
-            peer = ssl_object.getpeercert()  # empty unless verified (REQUIRED mode)
-            if peer and "notAfter" in peer:
-                self.stats.certificate_not_after = ssl.cert_time_to_seconds(peer["notAfter"])
-
-    def _keep_tls_session(self) -> None:
-        """Offer this connection's TLS session to the next ones. Taken once authentication is done: by
-        then a TLS 1.3 server's tickets (sent after its handshake) have been read. A resumed connection
-        offers nothing: the session it resumed stays cached (and each `.session` read leaks on older
-        CPythons, tls_sessions.py)."""
-        upstream_tls = self.runtime.upstream_tls
-        if upstream_tls is None or upstream_tls.sessions is None or self.upstream is None:
-            return
-        ssl_object = self.upstream.get_extra_info("ssl_object")
-        if ssl_object is not None and not ssl_object.session_reused:
-            upstream_tls.sessions.put(upstream_tls.server_hostname, ssl_object.session, ssl_object.version(),
-                                      self.stats.certificate_not_after)
-
     def _start_relay(self) -> None:
-        self._keep_tls_session()
+        upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
         self._relaying = True
@@ -432,13 +374,13 @@ class Session:
         for timer in (self._idle_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        upstream = self.upstream
-        if upstream is not None and not upstream.is_closing() and not upstream.get_write_buffer_size():
+        upstream_leg = self.upstream
+        if upstream_leg is not None and not upstream_leg.is_closing() and not upstream_leg.get_write_buffer_size():
             # Nothing left to send: drop the leg at once. uvloop's TLS close() waits for the server's
             # close_notify while reading (and discarding) whatever the server still streams, so a
             # client gone mid-result would keep the server sending it all.
-            upstream.abort()
-        for transport in (self.client, upstream):
+            upstream_leg.abort()
+        for transport in (self.client, upstream_leg):
             if transport is not None and not transport.is_closing():
                 transport.close()
         for task in self._tasks:
@@ -492,49 +434,3 @@ class ClientSide(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.session.resume_server_reading()
-
-
-class _ReadBuffer:
-    """One read buffer per event loop thread, shared by every upstream leg: the loop runs one callback
-    at a time, and each chunk is copied out (to exactly its size) before the callback returns."""
-
-    SIZE = 256 * 1024  # uvloop's SSL layer reads at most this much per call
-    _local = threading.local()
-
-    @classmethod
-    def view(cls) -> memoryview:
-        view = getattr(cls._local, "view", None)
-        if view is None:
-            view = cls._local.view = memoryview(bytearray(cls.SIZE))
-        return view
-
-
-class _UpstreamSide(asyncio.BufferedProtocol):
-    """The upstream leg. A BufferedProtocol, so that uvloop's SSL layer decrypts into a reused buffer:
-    with a plain Protocol it allocates (and, for a short record, shrinks and frees) a 256 KiB bytes
-    object per read, three system calls (mmap, mremap, munmap) on every server answer."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._view = _ReadBuffer.view()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._upstream_connected(transport)  # type: ignore[arg-type]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.session.server_data(self._view[:nbytes].tobytes())
-
-    def eof_received(self) -> bool:
-        return self.session.server_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.server_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.session.pause_client_reading()
-
-    def resume_writing(self) -> None:
-        self.session.resume_client_reading()
