@@ -1,11 +1,12 @@
 """The record of one connection: what it did (`ConnectionStats`), how it ended (the outcome decided at
 close), the metrics taken when the relay starts and when the connection ends, and its one log line.
 
-The session feeds it facts as they happen; nothing here touches a socket.
+The session feeds it facts as they happen; nothing here reads or writes a socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,14 @@ class ConnectionRecord:
         self.client_address = "-"
         self.refused = False
         """Answered with a first-packet ERR (max connections, draining): counted as refused, not closed."""
+
+    def note_client(self, transport: asyncio.BaseTransport) -> None:
+        """Name the client in the log line by its address (or "unix" for a Unix socket peer)."""
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client_address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        else:
+            self.client_address = "unix" if peer in (None, "", b"") else str(peer)
 
     def first_packet_to_client(self) -> None:
         """The greeting phase ends when the first bytes go to the client (once)."""

@@ -66,13 +66,6 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
-def _format_peer(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-    return "unix" if peer in (None, "", b"") else str(peer)
-
-
 class Session:
     """Created for each accepted client; `on_closed` is called exactly once, when both legs are gone."""
 
@@ -107,7 +100,7 @@ class Session:
 
     def client_connected(self, transport: asyncio.Transport) -> None:
         self.client = transport
-        self.record.client_address = _format_peer(transport)
+        self.record.note_client(transport)
         _set_nodelay(transport)
         self._spawn(self._handshake())
 
@@ -115,7 +108,7 @@ class Session:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
         self.record.refused = True
         self.client = transport
-        self.record.client_address = _format_peer(transport)
+        self.record.note_client(transport)
         self.fail(error)
 
     def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
