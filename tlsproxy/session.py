@@ -1,8 +1,10 @@
 """One proxied connection: the asyncio driver around `HandshakeMachine`.
 
-It owns the two sockets (as asyncio Protocols on both legs), the upstream TLS upgrade
-(`loop.start_tls`, never a StreamWriter: see STYLE.md on uvloop #707 / CPython #142352), the timeouts,
-backpressure, half-close, and turning errors into the ERR packet the client expects.
+It wires the two legs (asyncio Protocols on both) to the machine: the machine's effects are carried out
+in order, with no `await` between feeding it and acting on what it returns; it also owns the timers,
+backpressure, half-close, and turning errors into the ERR packet the client expects. Connecting and
+upgrading the upstream leg is `upstream.py`'s; the record of what the connection did, its outcome,
+metrics and log line, `connection_record.py`'s.
 """
 
 from __future__ import annotations
@@ -10,21 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Coroutine
 
-from tlsproxy.config import Route, SslMode
-from tlsproxy.metrics import ProxyMetrics, auth_plugin_label
-from tlsproxy.errors import (
-    HandshakeTimeoutError,
-    TlsProxyError,
-    UpstreamConnectError,
-    UpstreamLostError,
-    UpstreamTimeoutError,
-)
+from tlsproxy import upstream
+from tlsproxy.config import Route
+from tlsproxy.connection_record import ConnectionRecord, ConnectionStats
+from tlsproxy.errors import HandshakeTimeoutError, TlsProxyError, UpstreamLostError
+from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import (
     AuthKey,
     CloseConnection,
@@ -38,35 +34,14 @@ from tlsproxy.mysql.handshake import (
 )
 from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool, WarmUpstream
-from tlsproxy.tls import UpstreamTls, describe_tls_failure
+from tlsproxy.tls import UpstreamTls
 
 log = logging.getLogger(__name__)
 
 HALF_CLOSE_LINGER_SECONDS = 30.0
 """After a client half-close, how long the server may take to answer and close before the proxy does."""
 
-
-@dataclass
-class ConnectionStats:
-    """What one connection did; logged once when it ends."""
-
-    accepted_at: float = field(default_factory=time.monotonic)
-    connect_seconds: float | None = None
-    greeting_seconds: float | None = None
-    tls_seconds: float | None = None
-    auth_seconds: float | None = None
-    tls_version: str | None = None
-    tls_cipher: str | None = None
-    tls_resumed: bool | None = None
-    prewarmed: bool = False
-    tls_handshake_cpu_seconds: float | None = None
-    certificate_not_after: float | None = None
-    bytes_client_to_server: int = 0
-    bytes_server_to_client: int = 0
-    auth_plugin: str = ""
-    outcome: Outcome = Outcome.OPEN
-    reason: str = ""
-    closed_by: str = ""
+__all__ = ["ClientSide", "ConnectionStats", "RouteRuntime", "Session"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +53,8 @@ class RouteRuntime:
     auth_key: AuthKey | None
     metrics: ProxyMetrics | None = None
     prewarm: PrewarmPool | None = None
+    connector: upstream.Connector = upstream.create_connection
+    """How the sessions open TCP to the upstream (tests pass a fake)."""
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -89,13 +66,6 @@ def _set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
-def _format_peer(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-    return "unix" if peer in (None, "", b"") else str(peer)
-
-
 class Session:
     """Created for each accepted client; `on_closed` is called exactly once, when both legs are gone."""
 
@@ -103,14 +73,16 @@ class Session:
         self.runtime = runtime
         self.route = runtime.route
         self.conn_id = conn_id
-        self.stats = ConnectionStats()
+        self.record = ConnectionRecord(runtime.route, conn_id, tls=runtime.upstream_tls is not None,
+                                       metrics=runtime.metrics)
+        self.stats = self.record.stats
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
         self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
-        self._upstream_protocol: _UpstreamSide | None = _UpstreamSide(self)
-        self._task: asyncio.Task[None] | None = None
+        self._upstream_protocol: upstream.UpstreamSide | None = upstream.UpstreamSide(self)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._relay_started = asyncio.Event()
         self._closed = False
         self._client_eof = False
@@ -119,25 +91,34 @@ class Session:
         self._last_activity = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._phase_start = self.stats.accepted_at
-        self._refused = False
-        self._replacing: asyncio.Task[None] | None = None
-        self.client_address = "-"
+
+    @property
+    def client_address(self) -> str:
+        return self.record.client_address
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def client_connected(self, transport: asyncio.Transport) -> None:
         self.client = transport
-        self.client_address = _format_peer(transport)
+        self.record.note_client(transport)
         _set_nodelay(transport)
-        self._task = self._loop.create_task(self._handshake())
+        self._spawn(self._handshake())
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
-        self._refused = True
+        self.record.refused = True
         self.client = transport
-        self.client_address = _format_peer(transport)
+        self.record.note_client(transport)
         self.fail(error)
+
+    def _spawn(self, coroutine: Coroutine[None, None, None]) -> None:
+        """Run a task of this session's: kept until it ends, cancelled by `close`, never started after it."""
+        if self._closed:
+            coroutine.close()
+            return
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _handshake(self) -> None:
         route = self.route
@@ -162,38 +143,14 @@ class Session:
             self.close("internal error", outcome=Outcome.INTERNAL_ERROR)
 
     async def _connect_upstream(self) -> None:
-        """TCP to the upstream: the name is resolved again for every connection and each address tried;
-        a refused or unreachable upstream is retried with backoff for `connect_retry_window` (a
-        primary/secondary switchover takes seconds), all inside the handshake timeout."""
-        route = self.route
         started = time.monotonic()
-        retry_until = started + route.connect_retry_window
-        delay, attempts = 0.05, 0
-        while True:
-            attempts += 1
-            try:
-                async with asyncio.timeout(route.connect_timeout):
-                    transport, _ = await self._loop.create_connection(
-                        lambda: self._upstream_protocol or asyncio.Protocol(), route.upstream.host, route.upstream.port,
-                    )
-                break
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s",
-                ) from None
-            except OSError as exc:
-                if time.monotonic() + delay > retry_until:
-                    reason = exc.strerror or str(exc)
-                    tried = f" ({attempts} attempts in {time.monotonic() - started:.1f}s)" if attempts > 1 else ""
-                    raise UpstreamConnectError(f"cannot connect to upstream {route.upstream}: {reason}{tried}") from None
-                log.debug("conn=%d upstream %s: %s; retrying in %.2fs", self.conn_id, route.upstream, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        transport = await upstream.connect(self.route, lambda: self._upstream_protocol or asyncio.Protocol(),
+                                           conn_id=self.conn_id, connector=self.runtime.connector)
         if self._closed:
             transport.close()
             return
         self.stats.connect_seconds = time.monotonic() - started
-        self._phase_start = time.monotonic()
+        self.stats.start_phase()
 
     def _adopt_prewarmed(self, warm: WarmUpstream) -> None:
         """Take over a prewarmed upstream: TCP, greeting, SSLRequest and TLS are done."""
@@ -204,8 +161,8 @@ class Session:
         warm.transport.set_protocol(self._upstream_protocol)
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
-        self._note_tls(warm.transport)
-        self._phase_start = time.monotonic()
+        upstream.note_tls(self.stats, warm.transport)
+        self.stats.start_phase()
         self._run_machine(lambda: self.machine.adopt_prewarmed_upstream(warm.greeting_payload, warm.ssl_request))
 
     def _replace_upstream(self) -> None:
@@ -216,8 +173,8 @@ class Session:
             self.upstream.set_protocol(asyncio.Protocol())
             self.upstream.abort()
         self.upstream = None
-        self._upstream_protocol = _UpstreamSide(self)
-        self._replacing = self._loop.create_task(self._connect_replacement())
+        self._upstream_protocol = upstream.UpstreamSide(self)
+        self._spawn(self._connect_replacement())
 
     async def _connect_replacement(self) -> None:
         try:
@@ -225,7 +182,7 @@ class Session:
         except TlsProxyError as error:
             self.fail(error)
 
-    def _upstream_connected(self, transport: asyncio.Transport) -> None:
+    def upstream_connected(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
         _set_nodelay(transport)
 
@@ -238,16 +195,13 @@ class Session:
                     self.upstream.write(effect.data)
             elif isinstance(effect, SendToClient):
                 if self.client is not None and effect.data:
-                    if self.stats.greeting_seconds is None:
-                        now = time.monotonic()
-                        self.stats.greeting_seconds = now - self._phase_start
-                        self._phase_start = now
+                    self.record.first_packet_to_client()
                     self.client.write(effect.data)
             elif isinstance(effect, StartUpstreamTls):
                 # Read nothing more in plaintext: start_tls resumes reading under TLS (STYLE.md: asyncpg).
                 if self.upstream is not None:
                     self.upstream.pause_reading()
-                self._loop.create_task(self._start_tls())
+                self._spawn(self._start_tls())
             elif isinstance(effect, StartRelay):
                 self._start_relay()
             elif isinstance(effect, ReplaceUpstream):
@@ -262,16 +216,10 @@ class Session:
         assert upstream_tls is not None
         started = time.monotonic()
         try:
-            transport = await self._loop.start_tls(
-                self.upstream, self._upstream_protocol, upstream_tls.context,
-                server_hostname=upstream_tls.server_hostname,
-                ssl_handshake_timeout=max(self.route.handshake_timeout, 0.1),
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # ssl, OS and EOF errors
-            if not self._closed:
-                self.fail(describe_tls_failure(exc, upstream_tls))
+            transport = await upstream.start_tls(self.upstream, self._upstream_protocol, upstream_tls,
+                                                 self.route.handshake_timeout)
+        except TlsProxyError as error:
+            self.fail(error)
             return
         if self._closed or transport is None:
             if transport is not None:
@@ -279,46 +227,17 @@ class Session:
             return
         self.upstream = transport
         self.stats.tls_seconds = time.monotonic() - started
-        self._phase_start = time.monotonic()
-        self._note_tls(transport)
+        self.stats.start_phase()
+        upstream.note_tls(self.stats, transport)
         self._run_machine(self.machine.tls_established)
 
-    def _note_tls(self, transport: asyncio.Transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.stats.tls_version = ssl_object.version()
-            cipher = ssl_object.cipher()
-            self.stats.tls_cipher = cipher[0] if cipher else None
-            self.stats.tls_resumed = ssl_object.session_reused
-            self.stats.tls_handshake_cpu_seconds = getattr(ssl_object, "handshake_cpu_seconds", None)
-            peer = ssl_object.getpeercert()  # empty unless verified (REQUIRED mode)
-            if peer and "notAfter" in peer:
-                self.stats.certificate_not_after = ssl.cert_time_to_seconds(peer["notAfter"])
-
-    def _keep_tls_session(self) -> None:
-        """Offer this connection's TLS session to the next ones. Taken once authentication is done: by
-        then a TLS 1.3 server's tickets (sent after its handshake) have been read. A resumed connection
-        offers nothing: the session it resumed stays cached (and each `.session` read leaks on older
-        CPythons, tls_sessions.py)."""
-        upstream_tls = self.runtime.upstream_tls
-        if upstream_tls is None or upstream_tls.sessions is None or self.upstream is None:
-            return
-        ssl_object = self.upstream.get_extra_info("ssl_object")
-        if ssl_object is not None and not ssl_object.session_reused:
-            upstream_tls.sessions.put(upstream_tls.server_hostname, ssl_object.session, ssl_object.version(),
-                                      self.stats.certificate_not_after)
-
     def _start_relay(self) -> None:
-        self._keep_tls_session()
+        upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
         self._relaying = True
-        self.stats.auth_seconds = time.monotonic() - self._phase_start
-        self.stats.auth_plugin = self.machine.auth_plugin
-        self.stats.outcome = Outcome.RELAYED
         self._relay_started.set()
-        if self.runtime.metrics is not None:
-            self._record_handshake(self.runtime.metrics)
+        self.record.relay_started(self.machine.auth_plugin)
         if self.route.idle_timeout:
             self._idle_timer = self._loop.call_later(self.route.idle_timeout, self._check_idle)
 
@@ -445,30 +364,22 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        if outcome is not None:
-            self.stats.outcome = outcome
-        elif self.stats.outcome in (Outcome.OPEN, Outcome.RELAYED):
-            self.stats.outcome = Outcome.OK if self._relaying else Outcome.ABORTED
-        self.stats.reason = reason
-        self.stats.closed_by = closed_by
         for timer in (self._idle_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        upstream = self.upstream
-        if upstream is not None and not upstream.is_closing() and not upstream.get_write_buffer_size():
+        upstream_leg = self.upstream
+        if upstream_leg is not None and not upstream_leg.is_closing() and not upstream_leg.get_write_buffer_size():
             # Nothing left to send: drop the leg at once. uvloop's TLS close() waits for the server's
             # close_notify while reading (and discarding) whatever the server still streams, so a
             # client gone mid-result would keep the server sending it all.
-            upstream.abort()
-        for transport in (self.client, upstream):
+            upstream_leg.abort()
+        for transport in (self.client, upstream_leg):
             if transport is not None and not transport.is_closing():
                 transport.close()
-        for task in (self._task, self._replacing):
-            if task is not None and not task.done() and asyncio.current_task() is not task:
+        for task in self._tasks:
+            if not task.done() and asyncio.current_task() is not task:
                 task.cancel()
-        self._log_end()
-        if self.runtime.metrics is not None:
-            self._record_end(self.runtime.metrics)
+        self.record.end(reason, outcome, closed_by, relayed=self._relaying)
         self._on_closed(self)
         self._release()
 
@@ -482,8 +393,7 @@ class Session:
         self.upstream = None
         self._upstream_protocol = None  # it keeps pointing here, for its late callbacks
         self.machine.discard()
-        self._task = None
-        self._replacing = None
+        self._tasks.clear()
         self._idle_timer = self._linger_timer = None
 
     def abort(self, reason: str) -> None:
@@ -492,68 +402,6 @@ class Session:
             if transport is not None:
                 transport.abort()
         self.close(reason, outcome=Outcome.ABORTED)
-
-    def _record_handshake(self, metrics: ProxyMetrics) -> None:
-        stats, route = self.stats, self.route.name
-        phases = {"connect": stats.connect_seconds, "greeting": stats.greeting_seconds, "tls": stats.tls_seconds,
-                  "auth": stats.auth_seconds, "total": time.monotonic() - stats.accepted_at}
-        for phase, seconds in phases.items():
-            if seconds is not None:
-                metrics.handshake_duration.labels(route, phase).observe(seconds)
-        if stats.tls_version is not None:
-            resumed = "yes" if stats.tls_resumed else "no"
-            metrics.tls_handshakes.labels(route, stats.tls_version, stats.tls_cipher or "", resumed).inc()
-            if stats.tls_handshake_cpu_seconds is not None:
-                metrics.tls_handshake_cpu.labels(route, resumed).observe(stats.tls_handshake_cpu_seconds)
-        if stats.certificate_not_after is not None:
-            metrics.certificate_not_after.labels(route).set(stats.certificate_not_after)
-        metrics.auth_plugins.labels(route, auth_plugin_label(stats.auth_plugin)).inc()
-
-    def _record_end(self, metrics: ProxyMetrics) -> None:
-        route = self.route.name
-        if self._refused:
-            metrics.connections_refused.labels(route, self.stats.outcome).inc()
-            return
-        metrics.connections_closed.labels(route, self.stats.outcome).inc()
-        if not self._relaying:
-            metrics.handshake_failures.labels(route, self.stats.outcome).inc()
-
-    def _log_end(self) -> None:
-        """One line per connection: key=value text, or (with --log-format json) the same fields as JSON."""
-        stats = self.stats
-        mode = self.route.tls.mode
-
-        def ms(value: float | None) -> float | None:
-            return None if value is None else round(value * 1000, 3)
-
-        fields: dict[str, object] = {
-            "conn": self.conn_id, "route": self.route.name, "client": self.client_address,
-            "upstream": str(self.route.upstream), "outcome": stats.outcome, "closed_by": stats.closed_by,
-            "tls": "off" if self.runtime.upstream_tls is None else stats.tls_version, "cipher": stats.tls_cipher,
-            "resumed": stats.tls_resumed, "prewarmed": stats.prewarmed, "auth": stats.auth_plugin or None,
-            "connect_ms": ms(stats.connect_seconds), "greeting_ms": ms(stats.greeting_seconds),
-            "tls_ms": ms(stats.tls_seconds), "auth_ms": ms(stats.auth_seconds),
-            "duration_ms": ms(time.monotonic() - stats.accepted_at),
-            "bytes_up": stats.bytes_client_to_server, "bytes_down": stats.bytes_server_to_client,
-            "reason": stats.reason,
-        }
-        if mode is SslMode.REQUIRED:
-            fields["warning"] = "upstream certificate NOT verified (ssl_mode=REQUIRED)"
-        elif mode is SslMode.DISABLED:
-            fields["warning"] = "upstream NOT encrypted (ssl_mode=DISABLED)"
-
-        def text(value: object) -> str:
-            if value is None:
-                return "-"
-            if isinstance(value, bool):
-                return "yes" if value else "no"
-            return repr(value) if isinstance(value, str) and (" " in value or not value) else str(value)
-
-        message = " ".join(f"{key}={text(value)}" for key, value in fields.items() if key != "warning")
-        if "warning" in fields:
-            message += f" WARNING: {fields['warning']}"
-        quiet = stats.outcome in (Outcome.OK, Outcome.RELAYED, Outcome.AUTH_DENIED) and "warning" not in fields
-        log.log(logging.INFO if quiet else logging.WARNING, message, extra={"connection": fields})
 
 
 class ClientSide(asyncio.Protocol):
@@ -579,49 +427,3 @@ class ClientSide(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.session.resume_server_reading()
-
-
-class _ReadBuffer:
-    """One read buffer per event loop thread, shared by every upstream leg: the loop runs one callback
-    at a time, and each chunk is copied out (to exactly its size) before the callback returns."""
-
-    SIZE = 256 * 1024  # uvloop's SSL layer reads at most this much per call
-    _local = threading.local()
-
-    @classmethod
-    def view(cls) -> memoryview:
-        view = getattr(cls._local, "view", None)
-        if view is None:
-            view = cls._local.view = memoryview(bytearray(cls.SIZE))
-        return view
-
-
-class _UpstreamSide(asyncio.BufferedProtocol):
-    """The upstream leg. A BufferedProtocol, so that uvloop's SSL layer decrypts into a reused buffer:
-    with a plain Protocol it allocates (and, for a short record, shrinks and frees) a 256 KiB bytes
-    object per read, three system calls (mmap, mremap, munmap) on every server answer."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._view = _ReadBuffer.view()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.session._upstream_connected(transport)  # type: ignore[arg-type]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.session.server_data(self._view[:nbytes].tobytes())
-
-    def eof_received(self) -> bool:
-        return self.session.server_eof()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.session.server_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.session.pause_client_reading()
-
-    def resume_writing(self) -> None:
-        self.session.resume_client_reading()

@@ -133,7 +133,7 @@ def build_client_context(settings: TlsSettings, key_prefix: str = "") -> Upstrea
         _load_trust(context, settings, key_prefix)
     else:
         # REQUIRED: encryption without verification, an explicit opt-in warned about at start and
-        # on every connection (session.py).
+        # on every connection (connection_record.py).
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
 
