@@ -87,7 +87,6 @@ class Session:
         self._closed = False
         self._client_eof = False
         self._server_eof = False
-        self._relaying = False
         self._last_activity = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -235,7 +234,6 @@ class Session:
         upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
-        self._relaying = True
         self._relay_started.set()
         self.record.relay_started(self.machine.auth_plugin)
         if self.route.idle_timeout:
@@ -264,7 +262,7 @@ class Session:
     def client_data(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._relaying:
+        if self.machine.logged_in:
             self._last_activity = time.monotonic()
             self.stats.bytes_client_to_server += len(data)
         self._run_machine(lambda: self.machine.receive_client_data(data))
@@ -272,7 +270,7 @@ class Session:
     def server_data(self, data: bytes) -> None:
         if self._closed:
             return
-        if self._relaying:
+        if self.machine.logged_in:
             self._last_activity = time.monotonic()
             self.stats.bytes_server_to_client += len(data)
             if not self.machine.inspecting_server_data:
@@ -284,7 +282,7 @@ class Session:
     def client_eof(self) -> bool:
         """True keeps the client transport open (half-closed) while the server may still answer."""
         self._client_eof = True
-        if not self._relaying:
+        if not self.machine.logged_in:
             self.close("client closed during the handshake", outcome=Outcome.CLIENT_GONE, closed_by="client")
             return False
         if self._server_eof or self.upstream is None:
@@ -307,7 +305,7 @@ class Session:
 
     def server_eof(self) -> bool:
         self._server_eof = True
-        if not self._relaying:
+        if not self.machine.logged_in:
             self.fail(UpstreamLostError("upstream closed the connection during the handshake"))
             return False
         if self._client_eof or self.client is None or not self.client.can_write_eof():
@@ -320,12 +318,12 @@ class Session:
     def client_lost(self, exc: Exception | None) -> None:
         if not self._closed:
             self.close(f"client connection lost ({exc.__class__.__name__}: {exc})" if exc else "client closed",
-                       outcome=None if self._relaying else Outcome.CLIENT_GONE, closed_by="client")
+                       outcome=None if self.machine.logged_in else Outcome.CLIENT_GONE, closed_by="client")
 
     def server_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return
-        if not self._relaying:
+        if not self.machine.logged_in:
             self.fail(UpstreamLostError("lost the upstream connection during the handshake"))
         else:
             self.close(f"upstream connection lost ({exc.__class__.__name__}: {exc})" if exc else "upstream closed",
@@ -379,7 +377,7 @@ class Session:
         for task in self._tasks:
             if not task.done() and asyncio.current_task() is not task:
                 task.cancel()
-        self.record.end(reason, outcome, closed_by, relayed=self._relaying)
+        self.record.end(reason, outcome, closed_by, relayed=self.machine.logged_in)
         self._on_closed(self)
         self._release()
 

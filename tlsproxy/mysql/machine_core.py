@@ -130,20 +130,20 @@ class MachineCore:
         discards them): the greeting counts as unsent again if this step sent it, and the client-leg
         counter forgets the packets this step meant to send. Codec errors become the protocol error of
         the side that sent the bytes."""
-        self._client_packets_this_step, greeting_sent = 0, self._greeting_sent
+        self._client_packets_this_step, before = 0, (self._greeting_sent, self.logged_in)
         try:
             return step()
         except DecodeError as exc:
-            self._undo_step(greeting_sent)
+            self._undo_step(*before)
             raise decode_error(f"malformed packet from {side}: {exc}") from None
         except TlsProxyError:
-            self._undo_step(greeting_sent)
+            self._undo_step(*before)
             raise
 
-    def _undo_step(self, greeting_sent: bool) -> None:
+    def _undo_step(self, greeting_sent: bool, logged_in: bool) -> None:
         self._set_state(State.CLOSED)
         self._client_seq = (self._client_seq - self._client_packets_this_step) & 0xFF
-        self._greeting_sent = greeting_sent
+        self._greeting_sent, self.logged_in = greeting_sent, logged_in
 
     def _take_greeting(self, frame: Frame) -> InitialHandshake:
         greeting = check_upstream_greeting(frame, require_tls=self.upstream_tls)
