@@ -13,6 +13,7 @@ from bench import model
 from bench.env import BenchEnv
 from bench.procs import machine_info
 from bench.report import write_report
+from bench.soak_summary import summary_markdown
 from bench.sysbench import prepare_tables
 from bench.workloads import interleaved
 
@@ -68,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     soak_parser = commands.add_parser("soak", help="many connections with reconnect churn for minutes, every answer "
                                       "checked, the proxy's RSS over time (bench/soak.py)")
     soak.add_arguments(soak_parser)
-    report_parser = commands.add_parser("report", help="render report.md and the plots again from DIR/results.json")
+    report_parser = commands.add_parser("report", help="render report.md and the plots (or a soak's summary.md) again from DIR/results.json")
     report_parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     if args.command == "soak":
         return soak.command(args)
     if args.command == "report":
-        write_report(model.RunResults.load(args.directory / "results.json"), args.directory)
-        print(f"wrote {args.directory / 'report.md'}")
+        results = model.load_results(args.directory)
+        if isinstance(results, model.SoakResults):  # a soak folder: its summary, not a benchmark report
+            written = args.directory / "summary.md"
+            written.write_text(summary_markdown(results), encoding="utf-8")
+        else:
+            write_report(results, args.directory)
+            written = args.directory / "report.md"
+        print(f"wrote {written}")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import model
+from bench import cli, model
 from bench.soak_summary import summary_markdown
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
@@ -113,3 +113,12 @@ def test_committed_results_load(path: Path) -> None:
         assert results.extra == {}
     # `python -m bench report DIR` reads any results.json as a run (a soak's as one without samples of its own)
     assert model.RunResults.from_json(data).started == data["started"]
+
+
+def test_bench_report_on_a_soak_folder_writes_its_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    soak = next(path.parent for path in COMMITTED if path.parent.name.endswith("-soak"))
+    (tmp_path / "results.json").write_bytes((soak / "results.json").read_bytes())
+    assert cli.main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == (soak / "summary.md").read_text(encoding="utf-8")
+    assert not (tmp_path / "report.md").exists()
+    assert "summary.md" in capsys.readouterr().out
