@@ -3,7 +3,7 @@
 #   docker run --rm -v /path/to/ca:/etc/tlsproxy/ca:ro -p 127.0.0.1:3306:3306 tlsproxy \
 #       --listen 0.0.0.0:3306 --allow-non-loopback --upstream db.example.com:3306 \
 #       --ssl-ca /etc/tlsproxy/ca/ca.pem --admin-listen 0.0.0.0:9090
-# The same steps run in tests/unit/test_dockerfile.py (in a fresh venv), since CI has no Docker engine.
+# The same steps run in tests/integration/test_packaging.py (in a fresh venv), since CI has no Docker engine.
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.model import Scenario
-from tlsproxy import certs
-from tlsproxy.localdb import MariaDBServer, start_mariadb
+from tlsproxy.demo import pki as certs
+from tlsproxy.demo.localdb import start_mariadb
+from tlsproxy.demo.mariadb import MariaDBServer
 
 log = logging.getLogger(__name__)
 

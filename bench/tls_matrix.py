@@ -37,8 +37,8 @@ from bench import handshake
 from bench.env import BENCH_DATABASE, BENCH_PASSWORD, BENCH_USER, BenchEnv
 from bench.model import SCENARIO_BY_NAME, RunSize, Sample, median
 from bench.sysbench import run_sysbench
-from bench.workloads import MIB, _measure, bulk
-from tlsproxy import certs
+from bench.workloads import MIB, bulk, measure
+from tlsproxy.demo import pki as certs
 from tlsproxy.config import SslMode, TlsSettings
 from tlsproxy.tls import build_client_context
 
@@ -170,7 +170,7 @@ def _paired_ratios(points: list[_Point], baseline: str, metrics: list[str],
 
 def _connect_sample(env: BenchEnv, scenario_name: str, variant: str, seconds: float, repetition: int) -> Sample:
     scenario = SCENARIO_BY_NAME[scenario_name]
-    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+    result, cpu = measure(env, scenario, lambda: run_sysbench(
         "connect_select1", env.endpoint(scenario), client_tls=scenario.client_tls, threads=1, seconds=seconds,
         workdir=env.workdir))
     return Sample(

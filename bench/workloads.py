@@ -16,7 +16,7 @@ MIB = 1024 * 1024
 BULK_EVENT_MIB = 16  # one result set per event
 
 
-def _measure(env: BenchEnv, scenario: Scenario, run: Callable[[], SysbenchResult]) -> tuple[SysbenchResult, dict[str, float]]:
+def measure(env: BenchEnv, scenario: Scenario, run: Callable[[], SysbenchResult]) -> tuple[SysbenchResult, dict[str, float]]:
     meter = CpuMeter(env.pids(scenario))
     meter.start()
     result = run()
@@ -26,7 +26,7 @@ def _measure(env: BenchEnv, scenario: Scenario, run: Callable[[], SysbenchResult
 
 
 def point_select(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
-    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+    result, cpu = measure(env, scenario, lambda: run_sysbench(
         "oltp_point_select", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
         seconds=size.seconds, workdir=env.workdir, options={"tables": 1, "table-size": size.table_size}))
     return Sample(
@@ -39,7 +39,7 @@ def point_select(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize,
 
 
 def connect_per_request(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
-    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+    result, cpu = measure(env, scenario, lambda: run_sysbench(
         "connect_select1", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
         seconds=size.seconds, workdir=env.workdir))
     return Sample(
@@ -55,7 +55,7 @@ def bulk(env: BenchEnv, scenario: Scenario, row_bytes: int, size: RunSize, repet
     event_mib = min(BULK_EVENT_MIB, size.bulk_mib)
     rows = max(1, event_mib * MIB // row_bytes)
     events = max(1, size.bulk_mib // event_mib)
-    result, cpu = _measure(env, scenario, lambda: run_sysbench(
+    result, cpu = measure(env, scenario, lambda: run_sysbench(
         "bulk", env.endpoint(scenario), client_tls=scenario.client_tls, threads=1, seconds=0, events=events,
         workdir=env.workdir, options={"rowbytes": row_bytes, "rows": rows}))
     mib = result.events * rows * row_bytes / MIB

@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         setup_logging("INFO")
-        from tlsproxy.demo import run_demo
+        from tlsproxy.demo.run import run_demo
 
         return run_event_loop(run_demo(once=args.once, event_loop=args.event_loop), args.event_loop)
     try:

@@ -1,4 +1,4 @@
-"""Integration tests for tlsproxy.localdb: a real MariaDB with TLS, started from a fresh datadir."""
+"""Integration tests for tlsproxy.demo.localdb and tlsproxy.demo.mariadb: a real MariaDB with TLS, started from a fresh datadir."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from tlsproxy import localdb
-from tlsproxy.certs import CertificateAuthority
-from tlsproxy.localdb import LocalDatabaseError, MariaDBServer, find_mariadb_binaries, start_mariadb
+from tlsproxy.demo import localdb
+from tlsproxy.demo.localdb import find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.mariadb import LocalDatabaseError, MariaDBServer
+from tlsproxy.demo.pki import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
