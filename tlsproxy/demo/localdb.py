@@ -41,7 +41,7 @@ PORT_ATTEMPTS = 3
 _SERVER_NAMES = ("mariadbd", "mysqld")
 _INSTALL_DB_NAMES = ("mariadb-install-db", "mysql_install_db")
 _CLIENT_NAMES = ("mariadb", "mysql")
-_EXTRA_DIRS = ("/usr/sbin", "/usr/libexec", "/usr/local/sbin", "/usr/local/bin", "/usr/local/mysql/bin")
+EXTRA_DIRS = ("/usr/sbin", "/usr/libexec", "/usr/local/sbin", "/usr/local/bin", "/usr/local/mysql/bin")
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ _EXTRA_DIRS = ("/usr/sbin", "/usr/libexec", "/usr/local/sbin", "/usr/local/bin",
 
 
 def _find_program(names: tuple[str, ...]) -> Path | None:
-    search_path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_DIRS])
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *EXTRA_DIRS])
     for name in names:
         found = shutil.which(name, path=search_path)
         if found is not None:
@@ -78,7 +78,7 @@ def find_mariadb_binaries() -> MariaDBBinaries:
 # --------------------------------------------------------------------------------------------
 
 
-def _pick_free_port(host: str) -> int:
+def pick_free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -149,7 +149,7 @@ def start_mariadb(
         datadir=datadir,
         socket_path=socket_path,
         host=host,
-        port=port or _pick_free_port(host),
+        port=port or pick_free_port(host),
         binaries=binaries,
         admin_password=secrets.token_urlsafe(24),
         ssl_ca=ssl_ca,
@@ -183,4 +183,4 @@ def _start_with_port_retries(server: MariaDBServer, *, pick_port: bool, startup_
             if not (pick_port and error.address_in_use and attempt < PORT_ATTEMPTS):
                 raise LocalDatabaseError(str(error)) from None
             logger.info("port %d was taken; retrying with another port", server.port)
-            server.port = _pick_free_port(server.host)
+            server.port = pick_free_port(server.host)
