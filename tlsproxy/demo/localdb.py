@@ -32,7 +32,8 @@ from tlsproxy.demo.mariadb import (
 
 __all__ = ["find_mariadb_binaries", "start_mariadb"]
 
-logger = logging.getLogger(__name__)
+# "tlsproxy.localdb": the logger name these lines have always had (log lines stay as they were).
+logger = logging.getLogger("tlsproxy.localdb")
 
 INSTALL_HINT = "apt-get install mariadb-server mariadb-client"
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin

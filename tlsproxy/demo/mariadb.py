@@ -34,7 +34,8 @@ __all__ = [
     "StartupFailedError",
 ]
 
-logger = logging.getLogger(__name__)
+# "tlsproxy.localdb": the logger name these lines have always had (log lines stay as they were).
+logger = logging.getLogger("tlsproxy.localdb")
 
 ADMIN_USER = "root"
 STOP_TIMEOUT = 20.0

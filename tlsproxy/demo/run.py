@@ -23,7 +23,8 @@ from tlsproxy.demo.mariadb import LocalDatabaseError
 from tlsproxy.demo.pki import CertificateAuthority
 from tlsproxy.server import Proxy
 
-log = logging.getLogger(__name__)
+# "tlsproxy.demo": the logger name this module has always had.
+log = logging.getLogger("tlsproxy.demo")
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password"
