@@ -56,15 +56,19 @@ class Service(Protocol):
 
     async def start(self) -> bool:
         """Start serving (and log that it is ready); False if it could not, which exits 1."""
+        ...
 
     def reload(self) -> None:
         """SIGHUP: reload the TLS files."""
+        ...
 
     async def drain(self) -> int:
         """Stop accepting and let open connections finish within the grace period; the exit code."""
+        ...
 
     def abort(self) -> None:
         """A second stop request while draining: close every connection now."""
+        ...
 
 
 class StopRequests:
