@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 
@@ -40,17 +41,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def running(service: FakeService, stop: StopRequests, **options: Any) -> asyncio.Future[int]:
+    """run_until_stopped, started and serving."""
+    task = asyncio.ensure_future(run_until_stopped(service, stop, **options))
+    await settle()
+    return task
+
+
 def test_a_stop_request_drains_and_a_second_one_aborts() -> None:
     async def scenario() -> list[str]:
         service, stop = FakeService(code=0), StopRequests()
-        running = asyncio.ensure_future(run_until_stopped(service, stop))
-        await settle()
+        serving = await running(service, stop)
         stop.request_stop()
         stop.request_stop()  # before the drain began: the same request
         await settle()
         assert service.events == ["start", "drain"]
         stop.request_stop()
-        assert await running == 0
+        assert await serving == 0
         return service.events
 
     assert asyncio.run(scenario()) == ["start", "drain", "abort"]
@@ -59,8 +66,7 @@ def test_a_stop_request_drains_and_a_second_one_aborts() -> None:
 def test_without_repeat_aborts_only_an_abort_request_aborts() -> None:
     async def scenario() -> list[str]:
         service, stop = FakeService(code=0), StopRequests(repeat_aborts=False)
-        running = asyncio.ensure_future(run_until_stopped(service, stop))
-        await settle()
+        serving = await running(service, stop)
         stop.request_stop()
         await settle()
         stop.request_stop()
@@ -68,7 +74,7 @@ def test_without_repeat_aborts_only_an_abort_request_aborts() -> None:
         await settle()
         assert service.events == ["start", "drain"]
         stop.request_abort()
-        assert await running == 0
+        assert await serving == 0
         return service.events
 
     assert asyncio.run(scenario()) == ["start", "drain", "abort"]
@@ -77,12 +83,11 @@ def test_without_repeat_aborts_only_an_abort_request_aborts() -> None:
 def test_a_drain_that_ends_by_itself_is_not_aborted_and_gives_the_exit_code() -> None:
     async def scenario() -> tuple[int, list[str]]:
         service, stop = FakeService(code=1), StopRequests()
-        running = asyncio.ensure_future(run_until_stopped(service, stop))
-        await settle()
+        serving = await running(service, stop)
         stop.request_stop()
         await settle()
         service.drained.set()
-        return await running, service.events
+        return await serving, service.events
 
     assert asyncio.run(scenario()) == (1, ["start", "drain"])
 
@@ -116,15 +121,14 @@ def test_the_command_feed_reloads_and_its_end_drains(caplog: pytest.LogCaptureFi
         read_fd, write_fd = os.pipe()
         service, stop = FakeService(code=0), StopRequests(repeat_aborts=False)
         with os.fdopen(read_fd, "rb", buffering=0) as commands:
-            running = asyncio.ensure_future(run_until_stopped(service, stop, commands=commands))
-            await settle()
+            serving = await running(service, stop, commands=commands)
             os.write(write_fd, b"reload\n")
             await asyncio.sleep(0.05)
             os.close(write_fd)  # the supervisor is gone
             await asyncio.sleep(0.05)
             assert service.events == ["start", "reload", "drain"]
             service.drained.set()
-            assert await running == 0
+            assert await serving == 0
         return service.events
 
     assert asyncio.run(scenario()) == ["start", "reload", "drain"]
