@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.model import Scenario
-from tlsproxy import certs
-from tlsproxy.localdb import MariaDBServer, start_mariadb
+from tlsproxy.demo import pki
+from tlsproxy.demo.localdb import start_mariadb
+from tlsproxy.demo.mariadb import MariaDBServer
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,12 @@ class Endpoint:
 @dataclass
 class BenchEnv:
     workdir: Path
-    key_type: certs.KeyType = "rsa2048"
+    key_type: pki.KeyType = "rsa2048"
     event_loop: str = "uvloop"
     workers: int = 1
     """tlsproxy's `workers` (1: one process; the CPU meter sums a process and its children)."""
     server: MariaDBServer | None = None
-    ca: certs.CertificateAuthority | None = None
+    ca: pki.CertificateAuthority | None = None
     proxy_process: subprocess.Popen[bytes] | None = None
     socat_process: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -84,7 +85,7 @@ class BenchEnv:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, *, key_type: certs.KeyType = "rsa2048", event_loop: str = "uvloop",
+    def create(cls, *, key_type: pki.KeyType = "rsa2048", event_loop: str = "uvloop",
                max_connections: int = 6000, workers: int = 1) -> "BenchEnv":
         raise_open_file_limit()
         env = cls(Path(tempfile.mkdtemp(prefix="tlsp-bench-")), key_type=key_type, event_loop=event_loop,
@@ -97,7 +98,7 @@ class BenchEnv:
         return env
 
     def _start(self, max_connections: int) -> None:
-        self.ca = certs.CertificateAuthority.create("tlsproxy bench CA")
+        self.ca = pki.CertificateAuthority.create("tlsproxy bench CA")
         self.ca.write(self.ca_path)
         self.write_server_certificate(self.key_type)
         # sysbench (1.0.20) --mysql-ssl=on reads these fixed names from its working directory
@@ -128,13 +129,13 @@ class BenchEnv:
     def server_key_path(self) -> Path:
         return self.workdir / "server-key.pem"
 
-    def write_server_certificate(self, key_type: certs.KeyType) -> None:
+    def write_server_certificate(self, key_type: pki.KeyType) -> None:
         assert self.ca is not None
         self.ca.issue_server(("localhost",), ("127.0.0.1",), key_type=key_type).write(
             self.server_cert_path, self.server_key_path)
         self.key_type = key_type
 
-    def use_server_key(self, key_type: certs.KeyType) -> None:
+    def use_server_key(self, key_type: pki.KeyType) -> None:
         """Restart MariaDB with a server certificate of another key type (the TLS matrix)."""
         assert self.server is not None
         if key_type == self.key_type:

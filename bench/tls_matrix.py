@@ -38,11 +38,11 @@ from bench.env import BENCH_DATABASE, BENCH_PASSWORD, BENCH_USER, BenchEnv
 from bench.model import SCENARIO_BY_NAME, RunSize, Sample, median
 from bench.sysbench import run_sysbench
 from bench.workloads import MIB, bulk, measure
-from tlsproxy import certs
+from tlsproxy.demo import pki
 from tlsproxy.config import SslMode, TlsSettings
 from tlsproxy.tls import build_client_context
 
-KEYS: tuple[certs.KeyType, ...] = ("rsa2048", "rsa4096", "ec256")
+KEYS: tuple[pki.KeyType, ...] = ("rsa2048", "rsa4096", "ec256")
 KEY_LABELS = {"rsa2048": "RSA-2048", "rsa4096": "RSA-4096", "ec256": "ECDSA P-256"}
 VERSIONS = ("TLSv1.2", "TLSv1.3")
 CIPHERS = ("AES-128-GCM", "AES-256-GCM", "CHACHA20-POLY1305")
@@ -80,7 +80,7 @@ def route_settings(version: str, cipher: str, key_type: str, ca_file: Path | Non
 def write_bundle(env: BenchEnv, extra: int = BUNDLE_EXTRA_CAS) -> tuple[Path, int]:
     """The env CA among `extra` generated CA certificates (cheap EC keys), like a cloud's global bundle."""
     assert env.ca is not None
-    pems = [certs.CertificateAuthority.create(f"bench bundle filler CA {i:03d}", key_type="ec256").cert_pem
+    pems = [pki.CertificateAuthority.create(f"bench bundle filler CA {i:03d}", key_type="ec256").cert_pem
             for i in range(extra)]
     pems.insert(extra // 2, env.ca.cert_pem)
     path = env.workdir / f"ca-bundle-{extra + 1}.pem"
@@ -190,7 +190,7 @@ def _context_build_ms(ca_file: Path) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def _handshake_variants(env: BenchEnv, key: certs.KeyType, bundle: Path) -> list[handshake.Variant]:
+def _handshake_variants(env: BenchEnv, key: pki.KeyType, bundle: Path) -> list[handshake.Variant]:
     variants: list[handshake.Variant] = []
 
     def add(version: str, cipher: str, resumed: bool, ca: str = "1-cert", ca_file: Path | None = None) -> None:
@@ -212,7 +212,7 @@ def _handshake_variants(env: BenchEnv, key: certs.KeyType, bundle: Path) -> list
     return variants
 
 
-def _bulk_configs(key: certs.KeyType) -> list[tuple[str, str]]:
+def _bulk_configs(key: pki.KeyType) -> list[tuple[str, str]]:
     if key == BASELINE["key_type"]:
         return [(version, cipher) for version in VERSIONS for cipher in CIPHERS]
     return [(BASELINE["tls_version"], BASELINE["cipher"])]

@@ -13,7 +13,8 @@ from typing import Iterator
 import pytest
 
 from tests.support.pki import TestPki, make_pki
-from tlsproxy.localdb import MariaDBServer, start_mariadb
+from tlsproxy.demo.localdb import start_mariadb
+from tlsproxy.demo.mariadb import MariaDBServer
 
 os.environ.setdefault("HYPOTHESIS_PROFILE", "fast")
 

@@ -1,8 +1,8 @@
-"""Certificates and keys: the only module of tlsproxy that imports ``cryptography``.
+"""Certificates and keys: the only module of the product that imports ``cryptography`` (the demo's
+throw-away PKI, tlsproxy/demo/pki.py, is the other importer in the package).
 
-It covers three needs:
+It covers two needs:
 
-* a throw-away PKI for tests and ``tlsproxy demo`` (:class:`CertificateAuthority`);
 * reading the CA bundle an operator hands us, in whatever shape a cloud console ships it
   (:func:`load_ca_certificates`), and describing a certificate for ``tlsproxy check``
   (:func:`summarize_certificate`);
@@ -14,43 +14,30 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "AuthRsaKey",
-    "CertificateAuthority",
     "CertificateFileError",
     "CertificateSummary",
-    "IssuedCertificate",
-    "KeyType",
+    "check_crl_file",
     "load_ca_certificates",
     "summarize_certificate",
 ]
 
 logger = logging.getLogger(__name__)
 
-KeyType = Literal["rsa2048", "rsa4096", "ec256"]
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-
-DEFAULT_BACKDATE = timedelta(hours=1)
-DEFAULT_LEAF_LIFETIME = timedelta(days=365)
-DEFAULT_CA_LIFETIME = timedelta(days=3650)
-CRL_LIFETIME = timedelta(days=7)
 MIN_AUTH_RSA_BITS = 2048
 
 _PEM_BLOCK = re.compile(
@@ -75,39 +62,18 @@ class CertificateFileError(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """Treat a naive datetime as UTC; convert an aware one to UTC."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 
-def _validity(
-    not_before: datetime | None, not_after: datetime | None, lifetime: timedelta
-) -> tuple[datetime, datetime]:
-    now = _utcnow()
-    start = _as_utc(not_before) if not_before is not None else now - DEFAULT_BACKDATE
-    end = _as_utc(not_after) if not_after is not None else now + lifetime
-    if end <= start:
-        raise ValueError(f"not_after ({end.isoformat()}) must be later than not_before ({start.isoformat()})")
-    return start, end
-
-
-def _generate_key(key_type: KeyType) -> PrivateKey:
-    if key_type == "rsa2048":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "rsa4096":
-        return rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    if key_type == "ec256":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise ValueError(f"unknown key type {key_type!r}; expected rsa2048, rsa4096 or ec256")
-
-
-def _private_key_pem(key: PrivateKey | rsa.RSAPrivateKey) -> bytes:
+def private_key_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         encoding=serialization.Encoding.PEM,
         format=serialization.PrivateFormat.PKCS8,
@@ -115,34 +81,8 @@ def _private_key_pem(key: PrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _certificate_pem(certificate: x509.Certificate) -> bytes:
+def certificate_pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
-
-
-def _common_name(value: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
-
-
-def _leaf_key_usage(key: PrivateKey) -> x509.KeyUsage:
-    is_rsa = isinstance(key, rsa.RSAPrivateKey)
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=is_rsa,
-        data_encipherment=False,
-        key_agreement=not is_rsa,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-_SPKI_DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _public_key_der(key: PrivateKey) -> bytes:
-    return key.public_key().public_bytes(*_SPKI_DER)
 
 
 def _key_kind(key: object) -> str:
@@ -151,7 +91,7 @@ def _key_kind(key: object) -> str:
     return type(key).__name__
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` and leave the file with exactly ``mode``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
@@ -159,193 +99,8 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
-def _write_private_file(path: Path, data: bytes) -> None:
-    _write_file(path, data, 0o600)
-
-
-def _write_public_file(path: Path, data: bytes) -> None:
-    _write_file(path, data, 0o644)
-
-
-# --------------------------------------------------------------------------------------------
-# A throw-away PKI
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """A leaf certificate and its private key, both PEM."""
-
-    cert_pem: bytes
-    key_pem: bytes = field(repr=False)  # PKCS#8, unencrypted
-    serial_number: int
-
-    def write(self, cert_path: Path, key_path: Path) -> None:
-        """Write the certificate (mode 0644) and the key (mode 0600)."""
-        _write_public_file(Path(cert_path), self.cert_pem)
-        _write_private_file(Path(key_path), self.key_pem)
-
-
-@dataclass(frozen=True)
-class CertificateAuthority:
-    """A CA that issues server and client certificates and CRLs, for tests and demos.
-
-    Build one with :meth:`create`, or from existing PEM with ``CertificateAuthority(cert_pem, key_pem)``.
-    """
-
-    cert_pem: bytes
-    key_pem: bytes = field(repr=False)
-    _certificate: x509.Certificate = field(init=False, repr=False, compare=False)
-    _key: PrivateKey = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        certificate = x509.load_pem_x509_certificate(self.cert_pem)
-        key = serialization.load_pem_private_key(self.key_pem, password=None)
-        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
-            raise ValueError("the CA key must be an RSA or EC key")
-        if _public_key_der(key) != certificate.public_key().public_bytes(*_SPKI_DER):
-            raise ValueError("the CA key does not match the CA certificate")
-        object.__setattr__(self, "_certificate", certificate)
-        object.__setattr__(self, "_key", key)
-
-    @classmethod
-    def create(
-        cls,
-        common_name: str = "tlsproxy test CA",
-        *,
-        key_type: KeyType = "rsa2048",
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-    ) -> CertificateAuthority:
-        """Create a self-signed CA (default validity: now-1h .. now+10y)."""
-        key = _generate_key(key_type)
-        start, end = _validity(not_before, not_after, DEFAULT_CA_LIFETIME)
-        name = _common_name(common_name)
-        public_key = key.public_key()
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(_certificate_pem(certificate), _private_key_pem(key))
-
-    @property
-    def subject(self) -> str:
-        return self._certificate.subject.rfc4514_string()
-
-    def issue_server(
-        self,
-        dns_names: Sequence[str] = ("localhost",),
-        ip_addresses: Sequence[str] = ("127.0.0.1", "::1"),
-        *,
-        common_name: str | None = None,
-        key_type: KeyType = "rsa2048",
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-    ) -> IssuedCertificate:
-        """Issue a serverAuth certificate whose SAN lists ``dns_names`` and ``ip_addresses``."""
-        if isinstance(dns_names, str) or isinstance(ip_addresses, str):
-            raise TypeError("dns_names and ip_addresses must be sequences of strings, not a string")
-        san: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-        san += [x509.IPAddress(ipaddress.ip_address(address)) for address in ip_addresses]
-        if common_name is None:
-            common_name = next(iter([*dns_names, *ip_addresses]), "tlsproxy test server")
-        extensions: list[x509.ExtensionType] = [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])]
-        if san:
-            extensions.append(x509.SubjectAlternativeName(san))
-        return self._issue(common_name, key_type, not_before, not_after, extensions)
-
-    def issue_client(
-        self,
-        common_name: str,
-        *,
-        key_type: KeyType = "rsa2048",
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-    ) -> IssuedCertificate:
-        """Issue a clientAuth certificate with subject CN=``common_name``."""
-        extensions: list[x509.ExtensionType] = [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])]
-        return self._issue(common_name, key_type, not_before, not_after, extensions)
-
-    def _issue(
-        self,
-        common_name: str,
-        key_type: KeyType,
-        not_before: datetime | None,
-        not_after: datetime | None,
-        extensions: Sequence[x509.ExtensionType],
-    ) -> IssuedCertificate:
-        key = _generate_key(key_type)
-        start, end = _validity(not_before, not_after, DEFAULT_LEAF_LIFETIME)
-        serial_number = x509.random_serial_number()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_common_name(common_name))
-            .issuer_name(self._certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(serial_number)
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_leaf_key_usage(key), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(self._authority_key_identifier(), critical=False)
-        )
-        for extension in extensions:
-            builder = builder.add_extension(extension, critical=False)
-        certificate = builder.sign(self._key, hashes.SHA256())
-        return IssuedCertificate(_certificate_pem(certificate), _private_key_pem(key), serial_number)
-
-    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
-        ski = self._certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-
-    def crl_pem(self, revoked_serials: Sequence[int] = ()) -> bytes:
-        """A CRL signed by this CA listing ``revoked_serials``; next update in 7 days."""
-        now = _utcnow()
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self._certificate.subject)
-            .last_update(now - timedelta(minutes=1))
-            .next_update(now + CRL_LIFETIME)
-            .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False)
-            .add_extension(self._authority_key_identifier(), critical=False)
-        )
-        for serial_number in revoked_serials:
-            revoked = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial_number)
-                .revocation_date(now - timedelta(minutes=1))
-                .build()
-            )
-            builder = builder.add_revoked_certificate(revoked)
-        crl = builder.sign(self._key, hashes.SHA256())
-        return crl.public_bytes(serialization.Encoding.PEM)
-
-    def write(self, cert_path: Path) -> None:
-        """Write the CA certificate (not its key) as PEM."""
-        _write_public_file(Path(cert_path), self.cert_pem)
+def write_private_file(path: Path, data: bytes) -> None:
+    write_file(path, data, 0o600)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +123,7 @@ def load_ca_certificates(path: Path) -> list[bytes]:
         certificates = _certificates_from_der(path, data)
     if not certificates:
         raise CertificateFileError(path, "no certificate found in the file")
-    return [_certificate_pem(certificate) for certificate in certificates]
+    return [certificate_pem(certificate) for certificate in certificates]
 
 
 def check_crl_file(path: Path) -> int:
@@ -474,7 +229,7 @@ class CertificateSummary:
 
     def days_left(self, now: datetime | None = None) -> int:
         """Whole days until ``not_after``; negative once expired (a naive ``now`` is taken as UTC)."""
-        moment = _utcnow() if now is None else _as_utc(now)
+        moment = utcnow() if now is None else as_utc(now)
         return (self.not_after - moment).days
 
 
@@ -483,7 +238,7 @@ def _validity_bound(certificate: x509.Certificate, name: str) -> datetime:
     aware = getattr(certificate, f"{name}_utc", None)
     if isinstance(aware, datetime):
         return aware
-    return _as_utc(getattr(certificate, name))
+    return as_utc(getattr(certificate, name))
 
 
 def summarize_certificate(der_or_pem: bytes) -> CertificateSummary:
@@ -573,11 +328,11 @@ class AuthRsaKey:
 
     def write(self, path: Path) -> None:
         """Write the private key as unencrypted PKCS#8 PEM, mode 0600."""
-        _write_private_file(Path(path), _private_key_pem(self._private_key))
+        write_private_file(Path(path), private_key_pem(self._private_key))
 
     def private_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM: handed to worker processes over a pipe."""
-        return _private_key_pem(self._private_key)
+        return private_key_pem(self._private_key)
 
     @classmethod
     def from_private_pem(cls, data: bytes) -> AuthRsaKey:

@@ -7,17 +7,21 @@ Exit codes: 0 ok, 1 a check or the demo failed, 2 a config error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tlsproxy import __version__
+from tlsproxy import __version__, certs
+from tlsproxy.admin import AdminServer
+from tlsproxy.check import run_check
 from tlsproxy.config import ConfigError, ProxyConfig, load_config_file, parse_config, validate_security
+from tlsproxy.demo.run import run_demo
+from tlsproxy.lifecycle import ProxyService, StopRequests, run_event_loop, run_until_stopped
 from tlsproxy.logs import setup_logging
+from tlsproxy.server import Proxy
+from tlsproxy.supervisor import Supervisor
 
 log = logging.getLogger("tlsproxy")
 
@@ -184,9 +188,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
     return config
 
 
-def load_auth_key(config: ProxyConfig):  # -> certs.AuthRsaKey
-    from tlsproxy import certs
-
+def load_auth_key(config: ProxyConfig) -> certs.AuthRsaKey:
     if config.auth_rsa_key is not None:
         check_private_key_mode(config.auth_rsa_key)
         try:
@@ -211,64 +213,21 @@ def check_private_key_mode(path: Path) -> None:
                     "(chmod 600 unless that group is meant to)", path, mode)
 
 
-def run_event_loop(main: Any, event_loop: str) -> Any:
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency
-            log.warning("uvloop is not installed; using the asyncio event loop")
-        else:
-            return uvloop.run(main)
-    return asyncio.run(main)
-
-
 async def serve(config: ProxyConfig) -> int:
     """Run until SIGTERM/SIGINT or POST /quitquitquit: then stop accepting, give open connections
-    `shutdown_grace` to finish, close the rest and exit 0. A second signal closes everything at once.
-    With `workers` above 1 this process supervises worker processes instead (workers.py)."""
-    from tlsproxy.admin import AdminServer
-    from tlsproxy.server import Proxy
-
+    `shutdown_grace` to finish, close the rest and exit 0. A second signal closes everything at once
+    (lifecycle.py). With `workers` above 1 this process supervises worker processes instead (supervisor.py)."""
     if config.workers > 1:
-        from tlsproxy.workers import Supervisor
-
         return await Supervisor(config, load_auth_key(config)).run()
     proxy = Proxy(config, load_auth_key(config))
-    stop = asyncio.Event()
+    stop = StopRequests()
     admin = None
     if config.admin_listen is not None:
-        admin = AdminServer(proxy, config.admin_listen, on_quit=stop.set)
-        await admin.start()
-    await proxy.start()
-    if admin is not None:
-        admin.started = True
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload_tls, "SIGHUP")
-    log.info("tlsproxy %s ready (%s event loop)", __version__, config.event_loop)
-    await stop.wait()
-    stop.clear()
-    await shut_down(proxy, config.shutdown_grace, abort=stop)
-    if admin is not None:
-        await admin.close()
-    return 0
-
-
-async def shut_down(proxy: Any, grace: float, *, abort: asyncio.Event) -> None:
-    """Stop accepting, give open connections `grace` seconds to finish, then close the rest; `abort`
-    set meanwhile (a second signal) closes every connection at once."""
-    log.info("shutting down: %d connection(s) open, waiting up to %gs", proxy.active_connections, grace)
-    drain = asyncio.ensure_future(proxy.stop(grace_seconds=grace))
-    second_signal = asyncio.ensure_future(abort.wait())
-    await asyncio.wait([drain, second_signal], return_when=asyncio.FIRST_COMPLETED)
-    if not drain.done():
-        log.info("second signal: closing every connection now")
-        for listener in proxy.listeners:
-            for session in list(listener.sessions):
-                session.abort("proxy shutting down (second signal)")
-        await drain
-    second_signal.cancel()
+        admin = AdminServer(proxy, config.admin_listen, on_quit=stop.request_stop)
+    service = ProxyService(proxy, config.shutdown_grace,
+                           announce=lambda: log.info("tlsproxy %s ready (%s event loop)", __version__,
+                                                     config.event_loop))
+    return await run_until_stopped(service, stop, admin=admin)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,15 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         setup_logging("INFO")
-        from tlsproxy.demo import run_demo
-
         return run_event_loop(run_demo(once=args.once, event_loop=args.event_loop), args.event_loop)
     try:
         config = config_from_args(args)
         setup_logging(config.log_level, config.log_format)
         if args.command == "check":
-            from tlsproxy.check import run_check
-
             return run_check(config)
         return run_event_loop(serve(config), config.event_loop)
     except ConfigError as exc:

@@ -129,13 +129,13 @@ class ProxyConfig:
 
 # ---- parsing -------------------------------------------------------------------------------------
 
-_ROUTE_KEYS = {
+ROUTE_KEYS = {
     "name", "listen", "unix_socket_mode", "upstream", "ssl_mode", "ssl_ca", "ssl_capath", "ssl_system_trust",
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
     "allow_legacy_tls", "connect_timeout", "connect_retry_window", "handshake_timeout", "idle_timeout",
     "max_connections", "tls_session_resumption", "tls_session_cache_size", "prewarm", "prewarm_max_age",
 }
-_TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
+TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
              "shutdown_grace", "tls_files_check_interval", "workers"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_LISTEN = "127.0.0.1:3306"
@@ -251,9 +251,9 @@ def _tls_versions(value: Any, key: str) -> tuple[str, ...]:
 def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, index: int = 0) -> Route:
     if not isinstance(raw, Mapping):
         raise ConfigError(key, "expected a mapping of route settings")
-    unknown = sorted(set(raw) - _ROUTE_KEYS)
+    unknown = sorted(set(raw) - ROUTE_KEYS)
     if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(_ROUTE_KEYS))}")
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key; allowed: {', '.join(sorted(ROUTE_KEYS))}")
     name = raw.get("name")
     if name is None:
         name = f"route{index}" if index else "default"
@@ -326,9 +326,9 @@ def parse_config(raw: Any, *, base: Path | None = None) -> ProxyConfig:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError("(top)", "expected a mapping with a 'routes' list")
-    unknown = sorted(set(raw) - _TOP_KEYS)
+    unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
-        raise ConfigError(unknown[0], f"unknown key; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        raise ConfigError(unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
     routes_raw = raw.get("routes")
     if not isinstance(routes_raw, list) or not routes_raw:
         raise ConfigError("routes", "expected a list of at least one route (each with listen and upstream)")

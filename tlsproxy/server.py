@@ -52,7 +52,7 @@ class RouteListener:
             self._server = await loop.create_unix_server(self._new_protocol, sock=self._sock)
             self.address = str(listen)
         elif isinstance(listen, UnixAddress):
-            _remove_stale_socket(listen.path)
+            remove_stale_socket(listen.path)
             self._server = await loop.create_unix_server(self._new_protocol, str(listen.path),
                                                           backlog=LISTEN_BACKLOG)
             os.chmod(listen.path, listen.mode)
@@ -107,14 +107,14 @@ class RouteListener:
         if self._server is not None:
             self._server.close()
         if isinstance(self.route.listen, UnixAddress) and self._sock is None:
-            _remove_stale_socket(self.route.listen.path)
+            remove_stale_socket(self.route.listen.path)
 
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path) -> None:
     try:
         if stat.S_ISSOCK(path.stat().st_mode):
             path.unlink()
@@ -178,7 +178,7 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, auth_key: AuthKey | None, metrics: ProxyMetrics | None = None, *,
                  shared_sockets: dict[int, socket.socket] | None = None, reuse_port: bool = False) -> None:
-        """`shared_sockets` (route index -> socket) and `reuse_port`: for a worker process (workers.py)."""
+        """`shared_sockets` (route index -> socket) and `reuse_port`: for a worker process (worker.py)."""
         self.config = config
         self.auth_key = auth_key
         self.metrics = metrics or ProxyMetrics()

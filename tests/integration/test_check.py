@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import serve_certificate
 from tests.support.pki import TestPki
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,8 @@ from tests.support.pam import PamService, PamUnavailable, mariadb_plugin_dir, pa
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
 from tests.support.wire import RecordingRelay
-from tlsproxy.localdb import MariaDBServer, find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.localdb import find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ED25519, NATIVE, PLAIN, SECOND, TEST_DATABASE, X509
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, ProxyThread, make_route
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,8 @@ from tests.support.faults import TO_CLIENT, TO_SERVER, Fault, FaultRelay
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, ProxyThread, make_route
 from tlsproxy.config import Route, SslMode
-from tlsproxy.localdb import MariaDBServer, start_mariadb
+from tlsproxy.demo.localdb import start_mariadb
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Integration tests for tlsproxy.localdb: a real MariaDB with TLS, started from a fresh datadir."""
+"""Integration tests for tlsproxy.demo.localdb and tlsproxy.demo.mariadb: a real MariaDB with TLS, started from a fresh datadir."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from tlsproxy import localdb
-from tlsproxy.certs import CertificateAuthority
-from tlsproxy.localdb import LocalDatabaseError, MariaDBServer, find_mariadb_binaries, start_mariadb
+from tlsproxy.demo import localdb
+from tlsproxy.demo.localdb import find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.mariadb import LocalDatabaseError, MariaDBServer
+from tlsproxy.demo.pki import CertificateAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -194,9 +195,9 @@ def test_busy_picked_port_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyP
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         busy_port = busy.getsockname()[1]
-        real_pick = localdb._pick_free_port
+        real_pick = localdb.pick_free_port
         ports = iter([busy_port])
-        monkeypatch.setattr(localdb, "_pick_free_port", lambda host: next(ports, None) or real_pick(host))
+        monkeypatch.setattr(localdb, "pick_free_port", lambda host: next(ports, None) or real_pick(host))
         with start_mariadb(tmp_path / "db", ssl_ca=None, ssl_cert=None, ssl_key=None) as running:
             assert running.port != busy_port
             assert running.sql("SELECT @@port") == [[str(running.port)]]
@@ -205,6 +206,6 @@ def test_busy_picked_port_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_missing_binaries_explain_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(localdb, "_EXTRA_DIRS", ())
+    monkeypatch.setattr(localdb, "EXTRA_DIRS", ())
     with pytest.raises(LocalDatabaseError, match="apt-get install mariadb-server mariadb-client"):
         find_mariadb_binaries()

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import NATIVE
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

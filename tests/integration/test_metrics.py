@@ -18,7 +18,7 @@ from tests.conftest import NATIVE, PLAIN, serve_certificate
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, ProxyThread, make_route, metric_value as value
 from tlsproxy import certs
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from tests.support.clients import (assert_no_credentials_in_plaintext, assert_re
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
 from tests.support.wire import RecordingRelay, ScriptedUpstream, capture_greeting, read_available
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

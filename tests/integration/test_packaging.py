@@ -40,6 +40,10 @@ def test_dockerfile_steps_in_a_fresh_venv(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("tlsproxy "), version.stderr
     # ENTRYPOINT ["tlsproxy"] CMD ["--help"]; and no test or build tooling came along
     assert run(str(venv / "bin" / "tlsproxy"), "--help").returncode == 0
+    # the subpackages come along: the sans-IO core and the demo (`tlsproxy demo`)
+    modules = run(str(venv / "bin" / "python"), "-c", "import tlsproxy.mysql.handshake, tlsproxy.demo.run")
+    assert modules.returncode == 0, modules.stderr
+    assert run(str(venv / "bin" / "tlsproxy"), "demo", "--help").returncode == 0
     installed = run(str(venv / "bin" / "pip"), "list", "--format=freeze").stdout.lower().replace("_", "-")
     for runtime in ("uvloop", "cryptography", "prometheus-client", "pyyaml"):
         assert runtime in installed, installed

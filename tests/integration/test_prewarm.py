@@ -19,7 +19,7 @@ from tests.conftest import ED25519, NATIVE, Account
 from tests.integration.test_clients import mariadb_cli
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route, metric_value as value, wait_for
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 from tlsproxy.mysql.messages import parse_initial_handshake
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from tests.conftest import NATIVE, PLAIN, TEST_DATABASE
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, ProxyThread, make_route
 from tlsproxy.config import ProxyConfig, Route, SslMode, UnixAddress
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from tests.conftest import NATIVE
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, ProxyThread, make_route, wait_for
 from tlsproxy.config import ProxyConfig
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

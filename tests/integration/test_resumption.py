@@ -22,7 +22,7 @@ from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route, metric_value as value
 from tests.support.tlswire import server_flight
 from tests.support.wire import RecordingRelay
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
 from tests.support.wire import (CLIENT_SSL, RecordingRelay, inject_after_ssl_request, read_available,
                                 read_frame, strip_tls_from_greeting)
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

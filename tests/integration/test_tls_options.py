@@ -16,7 +16,7 @@ from tests.conftest import NATIVE, PLAIN, X509, Account, serve_certificate
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
 from tlsproxy.config import SslMode
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from tests.integration.test_metrics import http
 from tests.support.mysql8_peer import PeerAccount, PeerThread
 from tests.support.pki import TestPki
 from tests.support.proxy import CliProxy, wait_for
-from tlsproxy.localdb import MariaDBServer
+from tlsproxy.demo.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

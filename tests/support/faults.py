@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from tests.support.wire import _Listener
+from tests.support.wire import Listener
 
 TO_CLIENT = "to_client"  # server -> proxy
 TO_SERVER = "to_server"  # proxy -> server
@@ -151,7 +151,7 @@ class Link:
                 pass
 
 
-class FaultRelay(_Listener):
+class FaultRelay(Listener):
     """Listens on a free loopback port and relays each connection to 127.0.0.1:target_port."""
 
     def __init__(self, target_port: int) -> None:

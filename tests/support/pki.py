@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tlsproxy import certs
+from tlsproxy.demo.pki import CertificateAuthority
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ class TestPki:
 def make_pki(directory: Path) -> TestPki:
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
-    ca = certs.CertificateAuthority.create("tlsproxy test CA")
+    ca = CertificateAuthority.create("tlsproxy test CA")
     ca.write(directory / "ca.pem")
     server = ca.issue_server(("localhost",), ("127.0.0.1", "::1"))
     server.write(directory / "server-cert.pem", directory / "server-key.pem")
-    other = certs.CertificateAuthority.create("man-in-the-middle CA")
+    other = CertificateAuthority.create("man-in-the-middle CA")
     other.write(directory / "other-ca.pem")
     other.issue_server(("localhost",), ("127.0.0.1",)).write(directory / "other-cert.pem", directory / "other-key.pem")
     ca.issue_server(("db.example.test",), ()).write(directory / "wrong-host-cert.pem", directory / "wrong-host-key.pem")

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 
-class _Listener:
+class Listener:
     def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -72,7 +72,7 @@ class _Listener:
 Prelude = Callable[["RecordingRelay", socket.socket, socket.socket], None]
 
 
-class RecordingRelay(_Listener):
+class RecordingRelay(Listener):
     """Forwards to 127.0.0.1:target_port and records every byte each way (`to_server`, `to_client`).
 
     `prelude(relay, client, server)`, if given, runs first on each connection and plays a man in the
@@ -137,7 +137,7 @@ class RecordingRelay(_Listener):
                     pass
 
 
-class ScriptedUpstream(_Listener):
+class ScriptedUpstream(Listener):
     """A fake upstream: `script(conn)` plays the server; `received` keeps what the proxy sent."""
 
     def __init__(self, script: Callable[[socket.socket, bytearray], None]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for tlsproxy.certs: the test PKI, CA bundle loading, summaries and the auth RSA key."""
+"""Tests for tlsproxy.certs and tlsproxy.demo.pki: the test PKI, CA bundle loading, summaries and the auth RSA key."""
 
 from __future__ import annotations
 
@@ -18,14 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tlsproxy.certs import (
-    AuthRsaKey,
-    CertificateAuthority,
-    CertificateFileError,
-    IssuedCertificate,
-    load_ca_certificates,
-    summarize_certificate,
-)
+from tlsproxy.certs import AuthRsaKey, CertificateFileError, load_ca_certificates, summarize_certificate
+from tlsproxy.demo.pki import CertificateAuthority, IssuedCertificate
 
 # --------------------------------------------------------------------------------------------
 # Helpers

@@ -18,8 +18,8 @@ import yaml
 
 from tlsproxy import cli
 from tlsproxy.config import (
-    _ROUTE_KEYS,
-    _TOP_KEYS,
+    ROUTE_KEYS,
+    TOP_KEYS,
     ConfigError,
     ProxyConfig,
     Route,
@@ -110,13 +110,13 @@ def _comment_above(text: str, index: int) -> str:
 _FLAG_FOR_KEY = {key: "--" + dest.replace("_", "-") for dest, key in {**cli.ROUTE_FLAGS, **cli.TOP_FLAGS}.items()}
 
 
-@pytest.mark.parametrize("key", sorted(_TOP_KEYS))
+@pytest.mark.parametrize("key", sorted(TOP_KEYS))
 def test_example_sets_and_documents_every_top_level_key(key: str, example_raw: dict[str, Any], example_text: str) -> None:
     assert key in example_raw, f"config.example.yaml does not set top-level key {key!r}"
     _assert_documented(example_text, key)
 
 
-@pytest.mark.parametrize("key", sorted(_ROUTE_KEYS))
+@pytest.mark.parametrize("key", sorted(ROUTE_KEYS))
 def test_example_sets_and_documents_every_route_key(key: str, example_raw: dict[str, Any], example_text: str) -> None:
     assert any(key in route for route in example_raw["routes"]), f"no route in config.example.yaml sets {key!r}"
     _assert_documented(example_text, key)
@@ -134,14 +134,14 @@ def _assert_documented(text: str, key: str) -> None:
 
 
 def test_every_flag_maps_to_a_real_key_and_a_real_option() -> None:
-    assert set(cli.ROUTE_FLAGS.values()) <= _ROUTE_KEYS
-    assert set(cli.TOP_FLAGS.values()) <= _TOP_KEYS
+    assert set(cli.ROUTE_FLAGS.values()) <= ROUTE_KEYS
+    assert set(cli.TOP_FLAGS.values()) <= TOP_KEYS
     args = cli.build_parser().parse_args(["run"])
     for dest in (*cli.ROUTE_FLAGS, *cli.TOP_FLAGS):
         assert hasattr(args, dest), dest
     # Keys that deliberately have no flag (documented as "CLI: none" in the example).
-    assert _ROUTE_KEYS - set(cli.ROUTE_FLAGS.values()) <= {"name", "ssl_system_trust"}
-    assert _TOP_KEYS - set(cli.TOP_FLAGS.values()) == {"routes"}
+    assert ROUTE_KEYS - set(cli.ROUTE_FLAGS.values()) <= {"name", "ssl_system_trust"}
+    assert TOP_KEYS - set(cli.TOP_FLAGS.values()) == {"routes"}
 
 
 # ---- defaults ------------------------------------------------------------------------------------

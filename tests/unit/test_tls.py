@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from tests.support.pki import TestPki
-from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TcpAddress, TlsSettings
+from tlsproxy.demo.pki import CertificateAuthority
 from tlsproxy.errors import CertificateVerifyError, UpstreamTlsError
 from tlsproxy.tls import UpstreamTls, build_client_context, build_upstream_tls, describe_tls_failure
 
@@ -97,13 +97,13 @@ def verify_failure(settings: TlsSettings, cert: Path, key: Path,
 def extra(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Certificates the session PKI does not have: from a CA of our own (the session CA's key is not kept)."""
     directory = tmp_path_factory.mktemp("tls-extra")
-    ca = certs.CertificateAuthority.create("unit CA", key_type="ec256")
+    ca = CertificateAuthority.create("unit CA", key_type="ec256")
     ca.write(directory / "ca.pem")
     now = datetime.now(UTC)
     ca.issue_server(("localhost",), ("127.0.0.1",), key_type="ec256", not_before=now + timedelta(days=2),
                     not_after=now + timedelta(days=30)).write(directory / "future.pem", directory / "future.key")
     ca.issue_server(("localhost",), ("127.0.0.1",), key_type="ec256").write(directory / "ec.pem", directory / "ec.key")
-    self_signed = certs.CertificateAuthority.create("localhost", key_type="ec256")
+    self_signed = CertificateAuthority.create("localhost", key_type="ec256")
     directory.joinpath("self-signed.pem").write_bytes(self_signed.cert_pem)
     directory.joinpath("self-signed.key").write_bytes(self_signed.key_pem)
     directory.joinpath("bundle.pem").write_bytes(pki.other_ca.read_bytes() + pki.ca.read_bytes())

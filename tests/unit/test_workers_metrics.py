@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tlsproxy.metrics import ProxyMetrics
-from tlsproxy.workers import _Families, merge_families, parse_metrics
+from tlsproxy.metrics_merge import Families, merge_families, parse_metrics
 
 
 def worker_text(accepted: int, active: int, not_after: float, observations: list[float],
@@ -29,7 +29,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_counters_histograms_and_gauges_are_summed_across_workers() -> None:
     first = worker_text(3, 2, 2_000_000_000.0, [0.001, 0.2], 100)
     second = worker_text(4, 1, 1_900_000_000.0, [0.002], 50)
-    merged = samples(generate_latest(_Families(merge_families([parse_metrics(first), parse_metrics(second)]))).decode())
+    merged = samples(generate_latest(Families(merge_families([parse_metrics(first), parse_metrics(second)]))).decode())
     route = (("route", "main"),)
     assert merged[("tlsproxy_connections_accepted_total", route)] == 7
     assert merged[("tlsproxy_connections_active", route)] == 3
@@ -51,7 +51,7 @@ def test_a_label_set_only_one_worker_has_is_kept() -> None:
     first = worker_text(1, 0, 1.0, [], 0)
     metrics = ProxyMetrics(CollectorRegistry(auto_describe=True))
     metrics.handshake_failures.labels("main", "expired").inc()
-    merged = samples(generate_latest(_Families(merge_families(
+    merged = samples(generate_latest(Families(merge_families(
         [parse_metrics(first), parse_metrics(generate_latest(metrics.registry).decode())]))).decode())
     assert merged[("tlsproxy_handshake_failures_total", (("reason", "expired"), ("route", "main")))] == 1
     assert merged[("tlsproxy_connections_accepted_total", (("route", "main"),))] == 1

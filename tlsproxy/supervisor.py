@@ -1,4 +1,4 @@
-"""`workers: N` (N > 1): one supervisor process and N worker processes, for several cores.
+"""`workers: N` (N > 1): one supervisor process and N worker processes (worker.py), for several cores.
 
 The supervisor owns the listeners' addresses, the admin listener and the workers; the workers run the
 ordinary single-process proxy (server.Proxy) and share every listener:
@@ -15,11 +15,10 @@ ordinary single-process proxy (server.Proxy) and share every listener:
 * The workers' admin listeners are Unix sockets in a private temporary directory (mode 0700, removed
   at exit). The supervisor's /metrics scrapes them all and sums every sample (counters, histograms and
   gauges such as connections_active; certificate notAfter and build info are the min/max, `_created`
-  the earliest); /readiness is 503 if any worker is not running, not ready, or draining.
-* Commands go to a worker as lines on its stdin: `drain`, `abort`, `reload`. End of file (the
-  supervisor died, even by SIGKILL) drains the worker. A worker also drains on its own SIGTERM/SIGINT
-  (once; a repeated signal does not abort it, so a service manager that signals every process does
-  not cut the grace period short) and reloads its TLS files on SIGHUP.
+  the earliest: metrics_merge.py); /readiness is 503 if any worker is not running, not ready, or draining.
+* Commands go to a worker as lines on its stdin: `drain`, `abort`, `reload` (lifecycle.py, which also
+  says how a worker takes signals and the end of that pipe). SIGTERM/SIGINT and /quitquitquit drain
+  every worker, a second one aborts them; SIGHUP reloads their TLS files.
 * A worker that exits while the supervisor is not shutting down is restarted, after 0.5 s doubling to
   30 s while it keeps dying within 30 s of its start. Its counters up to the last scrape stay in the
   sums. A worker that fails during the first start stops everything: the supervisor exits 1.
@@ -31,28 +30,27 @@ import asyncio
 import dataclasses
 import logging
 import os
-import pickle
 import shutil
-import signal
 import socket
-import stat
-import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from tlsproxy import __version__
-from tlsproxy.admin import AdminHttp, AdminServer
+from tlsproxy.admin import AdminHttp
 from tlsproxy.config import ConfigError, ProxyConfig, TcpAddress, UnixAddress
+from tlsproxy.lifecycle import ABORT, DRAIN, RELOAD, StopRequests, run_until_stopped, send_command
+from tlsproxy.metrics_merge import Families, merge_families, parse_metrics
+from tlsproxy.server import remove_stale_socket
+from tlsproxy.tls import build_upstream_tls
+from tlsproxy.worker import WORKER_ARGV, WorkerSpec, send_spec
 
-log = logging.getLogger(__name__)
+# "tlsproxy.workers": the logger name these lines have always had (log lines stay as they were).
+log = logging.getLogger("tlsproxy.workers")
 
 WORKER_START_TIMEOUT_SECONDS = 30.0
 WORKER_HTTP_TIMEOUT_SECONDS = 2.0
@@ -63,72 +61,12 @@ KILL_AFTER_GRACE_SECONDS = 15.0
 """Workers still running this long after shutdown_grace are killed (and the supervisor exits 1)."""
 LISTEN_BACKLOG = socket.SOMAXCONN  # a burst of clients (a pool reconnecting) must not overflow it
 
-MIN_GAUGES = frozenset({"tlsproxy_upstream_certificate_not_after_timestamp_seconds"})
-MAX_GAUGES = frozenset({"tlsproxy_build_info"})
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker needs, pickled onto its stdin ahead of the command lines."""
-
-    index: int
-    config: ProxyConfig
-    auth_key_pem: bytes | None
-    unix_fds: dict[int, int]
-    """route index -> the inherited fd of that route's listening Unix socket"""
-    admin_path: str
-
-
-# ---- metrics: the sum over the workers -----------------------------------------------------------
-
-
-def _combine(name: str):  # type: ignore[no-untyped-def]
-    if name.endswith("_created") or name in MIN_GAUGES:
-        return min
-    if name in MAX_GAUGES:
-        return max
-    return lambda a, b: a + b
-
-
-def merge_families(sources: Iterable[Iterable[Metric]]) -> list[Metric]:
-    """One family per name; each sample (name, labels) combined over the sources: summed, except
-    `_created` and the certificate notAfter (the earliest) and build info (the maximum)."""
-    merged: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for families in sources:
-        for family in families:
-            if family.name not in merged:
-                merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-                values[family.name] = {}
-            combine, table = _combine(family.name), values[family.name]
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                table[key] = combine(table[key], sample.value) if key in table else sample.value
-    for name, family in merged.items():
-        for (sample_name, labels), value in values[name].items():
-            family.add_sample(sample_name, dict(labels), value)
-    return list(merged.values())
-
-
-def parse_metrics(text: str) -> list[Metric]:
-    return list(text_string_to_metric_families(text))
-
-
-class _Families:
-    """What generate_latest needs of a registry."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
-
 
 # ---- the supervisor ------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
-class _Worker:
+class WorkerProcess:
     index: int
     admin_path: str
     process: subprocess.Popen[bytes] | None = None
@@ -145,11 +83,7 @@ class _Worker:
     def send(self, command: str) -> None:
         if self.process is None or self.process.stdin is None or not self.running:
             return
-        try:
-            self.process.stdin.write(command.encode() + b"\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            pass
+        send_command(self.process.stdin, command)
 
 
 class Supervisor:
@@ -158,14 +92,15 @@ class Supervisor:
         self.auth_key = auth_key
         self.started = False
         self.draining = False
-        self._stop = asyncio.Event()
+        self._stop = StopRequests()
         self._dir = Path(tempfile.mkdtemp(prefix="tlsproxy-workers-"))
-        self.workers = [_Worker(i, str(self._dir / f"worker-{i}.sock")) for i in range(config.workers)]
+        self.workers = [WorkerProcess(i, str(self._dir / f"worker-{i}.sock")) for i in range(config.workers)]
         self._tcp_placeholders: list[socket.socket] = []
         self._unix_sockets: dict[int, socket.socket] = {}
         self._worker_config = config
         self._retired: list[Metric] = []
         self._restart_tasks: set[asyncio.Task[None]] = set()
+        self._monitor_task: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         Gauge("tlsproxy_workers", "Worker processes configured (workers)", registry=self.registry).set(config.workers)
         Gauge("tlsproxy_workers_running", "Worker processes running now", registry=self.registry).set_function(
@@ -222,29 +157,26 @@ class Supervisor:
         copies close as they drain."""
         for i, sock in self._unix_sockets.items():
             sock.close()
-            _remove_socket_file(self.config.routes[i].listen.path)  # type: ignore[union-attr]
+            remove_stale_socket(self.config.routes[i].listen.path)  # type: ignore[union-attr]
         self._unix_sockets.clear()
 
     # ---- workers ---------------------------------------------------------------------------------
 
-    def _spawn(self, worker: _Worker) -> None:
+    def _spawn(self, worker: WorkerProcess) -> None:
         spec = WorkerSpec(
             index=worker.index, config=self._worker_config,
             auth_key_pem=None if self.auth_key is None else self.auth_key.private_pem(),
             unix_fds={i: sock.fileno() for i, sock in self._unix_sockets.items()}, admin_path=worker.admin_path)
-        _remove_socket_file(Path(worker.admin_path))
+        remove_stale_socket(Path(worker.admin_path))
         worker.process = subprocess.Popen(
-            [sys.executable, "-c", "from tlsproxy.workers import worker_main; raise SystemExit(worker_main())"],
-            stdin=subprocess.PIPE, pass_fds=tuple(spec.unix_fds.values()), start_new_session=True)
+            WORKER_ARGV, stdin=subprocess.PIPE, pass_fds=tuple(spec.unix_fds.values()), start_new_session=True)
         worker.started_at = time.monotonic()
         worker.serving = False
-        payload = pickle.dumps(spec)
         assert worker.process.stdin is not None
-        worker.process.stdin.write(struct.pack("!I", len(payload)) + payload)
-        worker.process.stdin.flush()
+        send_spec(worker.process.stdin, spec)
         log.info("worker %d (pid %d) starting", worker.index, worker.process.pid)
 
-    async def _wait_started(self, worker: _Worker) -> bool:
+    async def _wait_started(self, worker: WorkerProcess) -> bool:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if not worker.running:
@@ -257,7 +189,7 @@ class Supervisor:
             await asyncio.sleep(0.05)
         return False
 
-    async def _get(self, worker: _Worker, path: str) -> tuple[int, bytes] | None:
+    async def _get(self, worker: WorkerProcess, path: str) -> tuple[int, bytes] | None:
         """GET from a worker's admin listener; None if it does not answer."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(worker.admin_path),
@@ -281,7 +213,7 @@ class Supervisor:
                 if worker.process is not None and not worker.running and not self.draining:
                     self._worker_died(worker)
 
-    def _worker_died(self, worker: _Worker) -> None:
+    def _worker_died(self, worker: WorkerProcess) -> None:
         assert worker.process is not None
         code, pid = worker.process.returncode, worker.process.pid
         uptime = time.monotonic() - worker.started_at
@@ -302,7 +234,7 @@ class Supervisor:
         self._restart_tasks.add(task)
         task.add_done_callback(self._restart_tasks.discard)
 
-    async def _restart(self, worker: _Worker, delay: float) -> None:
+    async def _restart(self, worker: WorkerProcess, delay: float) -> None:
         await asyncio.sleep(delay)
         if self.draining:
             return
@@ -319,7 +251,7 @@ class Supervisor:
             if answer is not None and answer[0] == 200:
                 worker.last_metrics = answer[1].decode()
                 sources.append(parse_metrics(worker.last_metrics))
-        return generate_latest(_Families(merge_families(sources)))  # type: ignore[arg-type]
+        return generate_latest(Families(merge_families(sources)))  # type: ignore[arg-type]
 
     async def readiness_problems(self) -> list[str]:
         if not self.started:
@@ -343,7 +275,13 @@ class Supervisor:
 
     async def run(self) -> int:
         try:
-            return await self._run()
+            for i, route in enumerate(self.config.routes):  # a bad file: a config error before any worker starts
+                build_upstream_tls(route, key_prefix=f"routes[{i}].")
+            self._bind_listeners()
+            admin = None
+            if self.config.admin_listen is not None:
+                admin = SupervisorAdmin(self, self.config.admin_listen, on_quit=self._stop.request_stop)
+            return await run_until_stopped(self, self._stop, admin=admin)
         finally:
             for worker in self.workers:
                 if worker.running:
@@ -354,20 +292,9 @@ class Supervisor:
             self._close_listeners()
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    async def _run(self) -> int:
-        from tlsproxy.tls import build_upstream_tls
+    # ---- the lifecycle.Service run_until_stopped runs ---------------------------------------------
 
-        for i, route in enumerate(self.config.routes):  # a bad file: a config error before any worker starts
-            build_upstream_tls(route, key_prefix=f"routes[{i}].")
-        self._bind_listeners()
-        admin = None
-        if self.config.admin_listen is not None:
-            admin = SupervisorAdmin(self, self.config.admin_listen, on_quit=self._stop.set)
-            await admin.start()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, "reload")
+    async def start(self) -> bool:
         for worker in self.workers:
             self._spawn(worker)
         started = await asyncio.gather(*(self._wait_started(worker) for worker in self.workers))
@@ -375,44 +302,40 @@ class Supervisor:
             failed = [worker.index for worker, ok in zip(self.workers, started) if not ok]
             log.error("worker(s) %s failed to start; stopping", ", ".join(map(str, failed)))
             self.draining = True
-            self._forward("abort")
+            self._forward(ABORT)
             await self._wait_exited(5.0)
-            if admin is not None:
-                await admin.close()
-            return 1
+            return False
         self.started = True
-        if admin is not None:
-            admin.started = True
-        monitor = loop.create_task(self._monitor())
+        self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
         log.info("tlsproxy %s ready (%d workers, %s event loop)", __version__, self.config.workers,
                  self.config.event_loop)
-        await self._stop.wait()
-        self._stop.clear()
+        return True
+
+    def reload(self) -> None:
+        self._forward(RELOAD)
+
+    async def drain(self) -> int:
         self.draining = True
-        monitor.cancel()
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
         for task in list(self._restart_tasks):
             task.cancel()
         log.info("shutting down: draining %d worker(s), up to %gs", self.config.workers, self.config.shutdown_grace)
         self._close_listeners()
-        self._forward("drain")
-        exited = loop.create_task(self._wait_exited(self.config.shutdown_grace + KILL_AFTER_GRACE_SECONDS))
-        second_signal = loop.create_task(self._stop.wait())
-        await asyncio.wait([exited, second_signal], return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done():
-            log.info("second signal: every worker closes every connection now")
-            self._forward("abort")
-        all_exited = await exited
-        second_signal.cancel()
+        self._forward(DRAIN)
+        all_exited = await self._wait_exited(self.config.shutdown_grace + KILL_AFTER_GRACE_SECONDS)
         codes = {worker.index: worker.process.poll() for worker in self.workers if worker.process is not None}
-        if admin is not None:
-            await admin.close()
         if not all_exited or any(code != 0 for code in codes.values()):
             log.error("worker(s) did not exit cleanly: %s", codes)
             return 1
         return 0
 
+    def abort(self) -> None:
+        log.info("second signal: every worker closes every connection now")
+        self._forward(ABORT)
+
     def _forward(self, command: str) -> None:
-        if command == "reload":
+        if command == RELOAD:
             log.info("SIGHUP: reloading the TLS files in every worker")
         for worker in self.workers:
             worker.send(command)
@@ -441,7 +364,7 @@ class SupervisorAdmin(AdminHttp):
 
 
 def _unix_listener(listen: UnixAddress, key: str) -> socket.socket:
-    _remove_socket_file(listen.path)
+    remove_stale_socket(listen.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(listen.path))
@@ -451,106 +374,3 @@ def _unix_listener(listen: UnixAddress, key: str) -> socket.socket:
         sock.close()
         raise ConfigError(key, f"cannot listen on {listen}: {exc.strerror or exc}") from None
     return sock
-
-
-def _remove_socket_file(path: Path) -> None:
-    try:
-        if stat.S_ISSOCK(path.stat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-# ---- a worker ------------------------------------------------------------------------------------
-
-
-def _read_spec(fd: int = 0) -> WorkerSpec:
-    def exactly(count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            chunk = os.read(fd, count - len(data))
-            if not chunk:
-                raise EOFError("the supervisor closed the pipe before sending the worker's settings")
-            data += chunk
-        return data
-
-    (length,) = struct.unpack("!I", exactly(4))
-    spec = pickle.loads(exactly(length))  # noqa: S301 - from our own parent process, over a private pipe
-    assert isinstance(spec, WorkerSpec)
-    return spec
-
-
-def worker_main() -> int:
-    """Entry point of a worker process (started by Supervisor._spawn)."""
-    from tlsproxy.cli import run_event_loop
-    from tlsproxy.logs import setup_logging
-
-    spec = _read_spec()
-    setup_logging(spec.config.log_level, spec.config.log_format, worker=spec.index)
-    try:
-        return run_event_loop(_serve_worker(spec), spec.config.event_loop)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-
-
-class _Commands(asyncio.Protocol):
-    def __init__(self, handle) -> None:  # type: ignore[no-untyped-def]
-        self._handle = handle
-        self._buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self._handle(line.decode(errors="replace").strip())
-
-    def eof_received(self) -> bool:
-        self._handle("eof")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._handle("eof")
-
-
-async def _serve_worker(spec: WorkerSpec) -> int:
-    from tlsproxy import certs
-    from tlsproxy.cli import shut_down
-    from tlsproxy.server import Proxy
-
-    auth_key = None if spec.auth_key_pem is None else certs.AuthRsaKey.from_private_pem(spec.auth_key_pem)
-    sockets = {i: socket.socket(fileno=fd) for i, fd in spec.unix_fds.items()}
-    proxy = Proxy(spec.config, auth_key, shared_sockets=sockets, reuse_port=True)
-    drain, abort = asyncio.Event(), asyncio.Event()
-    admin = AdminServer(proxy, UnixAddress(Path(spec.admin_path)), on_quit=drain.set)
-    await admin.start()
-    await proxy.start()
-    admin.started = True
-
-    def command(line: str) -> None:
-        if line in ("drain", "eof"):
-            if line == "eof" and not drain.is_set():
-                log.warning("the supervisor is gone: shutting down")
-            drain.set()
-        elif line == "abort":
-            drain.set()
-            abort.set()
-        elif line == "reload":
-            proxy.reload_tls("SIGHUP")
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, drain.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload_tls, "SIGHUP")
-    stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
-    await loop.connect_read_pipe(lambda: _Commands(command), stdin)
-    log.debug("worker %d serving", spec.index)
-    await drain.wait()
-    await shut_down(proxy, spec.config.shutdown_grace, abort=abort)
-    await admin.close()
-    _remove_socket_file(Path(spec.admin_path))
-    try:  # the last one out, if the supervisor could not (it was killed)
-        os.rmdir(Path(spec.admin_path).parent)
-    except OSError:
-        pass
-    return 0

@@ -1,9 +1,10 @@
-"""Start and stop a throw-away local MariaDB server with TLS.
+"""A throw-away local MariaDB server with TLS: its files, admin SQL, start, restart and stop.
 
-Used by ``tlsproxy demo``, the integration-test fixtures and the benchmarks. The server lives
-entirely in a work directory: its own datadir, ``my.cnf``, error log, pid file and unix socket.
-The system configuration (``/etc/mysql``) is never read, because every program is started with
-``--defaults-file`` (server) or ``--no-defaults`` (client).
+Used by ``tlsproxy demo``, the integration-test fixtures and the benchmarks; start one with
+:func:`tlsproxy.demo.localdb.start_mariadb`. The server lives entirely in a work directory: its own
+datadir, ``my.cnf``, error log, pid file and unix socket. The system configuration (``/etc/mysql``) is
+never read, because every program is started with ``--defaults-file`` (server) or ``--no-defaults``
+(client).
 
 Admin access goes over the unix socket as ``root@localhost`` with a random password that only
 this object knows (kept in a mode-0600 client option file, never on a command line), so it works
@@ -17,12 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,25 +31,18 @@ __all__ = [
     "LocalDatabaseError",
     "MariaDBBinaries",
     "MariaDBServer",
-    "find_mariadb_binaries",
-    "start_mariadb",
+    "StartupFailedError",
 ]
 
-logger = logging.getLogger(__name__)
+# "tlsproxy.localdb": the logger name these lines have always had (log lines stay as they were).
+logger = logging.getLogger("tlsproxy.localdb")
 
-INSTALL_HINT = "apt-get install mariadb-server mariadb-client"
 ADMIN_USER = "root"
-MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes; keep a margin
 STOP_TIMEOUT = 20.0
 SQL_TIMEOUT = 60.0
 ERROR_LOG_TAIL_LINES = 30
-PORT_ATTEMPTS = 3
 POLL_INTERVAL = 0.05
 
-_SERVER_NAMES = ("mariadbd", "mysqld")
-_INSTALL_DB_NAMES = ("mariadb-install-db", "mysql_install_db")
-_CLIENT_NAMES = ("mariadb", "mysql")
-_EXTRA_DIRS = ("/usr/sbin", "/usr/libexec", "/usr/local/sbin", "/usr/local/bin", "/usr/local/mysql/bin")
 _ADDRESS_IN_USE_MARKERS = ("Address already in use", "errno: 98", "error: 98")
 
 # Settings for a fast, small, test-only server. Order is kept in the written my.cnf.
@@ -80,6 +71,14 @@ class LocalDatabaseError(Exception):
     """
 
 
+class StartupFailedError(LocalDatabaseError):
+    """mariadbd exited while starting; ``address_in_use`` says whether its port was taken."""
+
+    def __init__(self, message: str, *, address_in_use: bool) -> None:
+        super().__init__(message)
+        self.address_in_use = address_in_use
+
+
 # --------------------------------------------------------------------------------------------
 # Binaries
 # --------------------------------------------------------------------------------------------
@@ -92,49 +91,17 @@ class MariaDBBinaries:
     client: Path  # mariadb (or mysql)
 
 
-def _find_program(names: tuple[str, ...]) -> Path | None:
-    search_path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_DIRS])
-    for name in names:
-        found = shutil.which(name, path=search_path)
-        if found is not None:
-            return Path(found)
-    return None
-
-
-def find_mariadb_binaries() -> MariaDBBinaries:
-    """Locate mariadbd, mariadb-install-db and the mariadb client, or explain how to install them."""
-    found = {
-        "server": _find_program(_SERVER_NAMES),
-        "install_db": _find_program(_INSTALL_DB_NAMES),
-        "client": _find_program(_CLIENT_NAMES),
-    }
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        wanted = {"server": "mariadbd", "install_db": "mariadb-install-db", "client": "mariadb"}
-        names = ", ".join(wanted[name] for name in missing)
-        raise LocalDatabaseError(f"MariaDB programs not found: {names}. Install them with: {INSTALL_HINT}")
-    return MariaDBBinaries(**found)  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
 
-def _current_user() -> str:
+def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _running_as_root() -> bool:
+def running_as_root() -> bool:
     return os.geteuid() == 0
-
-
-def _pick_free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = ERROR_LOG_TAIL_LINES) -> str:
@@ -145,7 +112,7 @@ def _tail(path: Path, lines: int = ERROR_LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _with_log(message: str, log_path: Path) -> str:
+def with_error_log(message: str, log_path: Path) -> str:
     tail = _tail(log_path)
     if not tail:
         return message
@@ -165,14 +132,6 @@ def _write_private_text(path: Path, text: str) -> None:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(text)
 
-
-def _short_socket_path(workdir: Path) -> tuple[Path, Path | None]:
-    """Return (socket path, temp dir to remove later or None)."""
-    candidate = workdir / "mysqld.sock"
-    if len(os.fsencode(candidate)) <= MAX_SOCKET_PATH:
-        return candidate, None
-    short_dir = Path(tempfile.mkdtemp(prefix="tlsproxy-db-"))
-    return short_dir / "mysqld.sock", short_dir
 
 
 def _unescape_batch_field(value: str) -> str:
@@ -262,8 +221,8 @@ class MariaDBServer:
             "bind-address": self.host,
             "port": str(self.port),
         }
-        if _running_as_root():
-            options["user"] = _current_user()  # mariadbd refuses to run as root without it
+        if running_as_root():
+            options["user"] = current_user()  # mariadbd refuses to run as root without it
         options.update(_BASE_SETTINGS)
         tls_files = {"ssl-ca": self.ssl_ca, "ssl-cert": self.ssl_cert, "ssl-key": self.ssl_key}
         options.update({key: str(Path(path).resolve()) for key, path in tls_files.items() if path is not None})
@@ -278,7 +237,7 @@ class MariaDBServer:
     def tmpdir(self) -> Path:
         return self.datadir.parent / f"{self.datadir.name}-tmp"
 
-    def _write_config(self) -> None:
+    def write_config(self) -> None:
         self.tmpdir.mkdir(parents=True, exist_ok=True)
         self.defaults_file.write_text(_option_file("mariadbd", self._server_options()), encoding="utf-8")
         client_options = {"user": self.admin_user, "password": self.admin_password, "socket": str(self.socket_path)}
@@ -331,11 +290,11 @@ class MariaDBServer:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    def _launch(self, *, first_start: bool, startup_timeout: float) -> None:
+    def launch(self, *, first_start: bool, startup_timeout: float) -> None:
         """Start mariadbd with the current my.cnf and wait until admin SQL works."""
         if self._socket_dir is not None:
             self._socket_dir.mkdir(mode=0o700, exist_ok=True)
-        self._write_config()
+        self.write_config()
         argv = [str(self.binaries.server), f"--defaults-file={self.defaults_file}"]
         if first_start:
             argv.append(f"--init-file={self._write_init_file()}")
@@ -379,8 +338,8 @@ class MariaDBServer:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
-                raise _StartupFailed(
-                    _with_log(f"mariadbd exited with status {code} during startup", self.error_log),
+                raise StartupFailedError(
+                    with_error_log(f"mariadbd exited with status {code} during startup", self.error_log),
                     address_in_use=any(m in self._new_log_text(log_offset) for m in _ADDRESS_IN_USE_MARKERS),
                 )
             if self.socket_path.exists():
@@ -392,9 +351,9 @@ class MariaDBServer:
             time.sleep(POLL_INTERVAL)
         self._kill()
         detail = f" (last error: {last_error})" if last_error else ""
-        raise LocalDatabaseError(_with_log(f"mariadbd was not ready after {timeout:g} s{detail}", self.error_log))
+        raise LocalDatabaseError(with_error_log(f"mariadbd was not ready after {timeout:g} s{detail}", self.error_log))
 
-    def _check_tls(self) -> None:
+    def check_tls(self) -> None:
         if self.ssl_cert is None:
             return
         rows = self.sql("SELECT @@have_ssl")
@@ -402,7 +361,7 @@ class MariaDBServer:
             state = rows[0][0] if rows and rows[0] else "?"
             self.stop()
             raise LocalDatabaseError(
-                _with_log(
+                with_error_log(
                     f"mariadbd started but TLS is not enabled (have_ssl={state}); check the TLS files", self.error_log
                 )
             )
@@ -427,10 +386,10 @@ class MariaDBServer:
         if tls_version is not None:
             self.tls_version = tls_version
         try:
-            self._launch(first_start=False, startup_timeout=startup_timeout)
-        except _StartupFailed as error:
+            self.launch(first_start=False, startup_timeout=startup_timeout)
+        except StartupFailedError as error:
             raise LocalDatabaseError(str(error)) from None
-        self._check_tls()
+        self.check_tls()
         logger.info("restarted local MariaDB on %s:%d", self.host, self.port)
 
     def _terminate(self) -> None:
@@ -471,100 +430,3 @@ class MariaDBServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-class _StartupFailed(LocalDatabaseError):
-    def __init__(self, message: str, *, address_in_use: bool) -> None:
-        super().__init__(message)
-        self.address_in_use = address_in_use
-
-
-# --------------------------------------------------------------------------------------------
-# Starting
-# --------------------------------------------------------------------------------------------
-
-
-def _install_datadir(binaries: MariaDBBinaries, server: MariaDBServer) -> None:
-    server._write_config()
-    argv = [
-        str(binaries.install_db),
-        f"--defaults-file={server.defaults_file}",
-        f"--datadir={server.datadir}",
-        "--auth-root-authentication-method=socket",
-        "--skip-test-db",
-    ]
-    if _running_as_root():
-        argv.append(f"--user={_current_user()}")
-    result = subprocess.run(argv, capture_output=True, check=False, stdin=subprocess.DEVNULL, timeout=120)
-    if result.returncode != 0:
-        output = (result.stdout + result.stderr).decode("utf-8", errors="replace").strip()
-        output_tail = "\n".join(output.splitlines()[-10:])
-        raise LocalDatabaseError(
-            _with_log(f"mariadb-install-db failed with status {result.returncode}:\n{output_tail}", server.error_log)
-        )
-
-
-def start_mariadb(
-    workdir: Path,
-    *,
-    ssl_ca: Path | None,
-    ssl_cert: Path | None,
-    ssl_key: Path | None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    tls_version: str = "TLSv1.2,TLSv1.3",
-    require_secure_transport: bool = False,
-    extra_options: Mapping[str, str] = MappingProxyType({}),
-    startup_timeout: float = 60.0,
-) -> MariaDBServer:
-    """Initialise a fresh datadir under ``workdir`` and start MariaDB on host:port (0 = a free port).
-
-    Returns once admin SQL works over the unix socket and, if a certificate was given, TLS is on.
-    """
-    binaries = find_mariadb_binaries()
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    datadir = workdir / "data"
-    if datadir.exists() and any(datadir.iterdir()):
-        raise LocalDatabaseError(f"{datadir} already holds a datadir; start_mariadb needs a fresh work directory")
-    socket_path, socket_dir = _short_socket_path(workdir)
-    server = MariaDBServer(
-        basedir=workdir,
-        datadir=datadir,
-        socket_path=socket_path,
-        host=host,
-        port=port or _pick_free_port(host),
-        binaries=binaries,
-        admin_password=secrets.token_urlsafe(24),
-        ssl_ca=ssl_ca,
-        ssl_cert=ssl_cert,
-        ssl_key=ssl_key,
-        tls_version=tls_version,
-        require_secure_transport=require_secure_transport,
-        extra_options=dict(extra_options),
-        _socket_dir=socket_dir,
-    )
-    began = time.monotonic()
-    try:
-        _install_datadir(binaries, server)
-        _start_with_port_retries(server, pick_port=port == 0, startup_timeout=startup_timeout)
-        server._check_tls()
-    except BaseException:
-        server.stop()
-        raise
-    logger.info(
-        "local MariaDB ready on %s:%d (socket %s) in %.2f s", host, server.port, socket_path, time.monotonic() - began
-    )
-    return server
-
-
-def _start_with_port_retries(server: MariaDBServer, *, pick_port: bool, startup_timeout: float) -> None:
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        try:
-            server._launch(first_start=True, startup_timeout=startup_timeout)
-            return
-        except _StartupFailed as error:
-            if not (pick_port and error.address_in_use and attempt < PORT_ATTEMPTS):
-                raise LocalDatabaseError(str(error)) from None
-            logger.info("port %d was taken; retrying with another port", server.port)
-            server.port = _pick_free_port(server.host)

@@ -16,11 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tlsproxy import certs
+from tlsproxy.certs import AuthRsaKey
 from tlsproxy.config import ProxyConfig, Route, SslMode, TcpAddress, TlsSettings
-from tlsproxy.localdb import LocalDatabaseError, find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.localdb import find_mariadb_binaries, start_mariadb
+from tlsproxy.demo.mariadb import LocalDatabaseError
+from tlsproxy.demo.pki import CertificateAuthority
+from tlsproxy.server import Proxy
 
-log = logging.getLogger(__name__)
+# "tlsproxy.demo": the logger name this module has always had.
+log = logging.getLogger("tlsproxy.demo")
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password"
@@ -32,8 +36,6 @@ def _say(text: str = "") -> None:
 
 
 async def run_demo(*, once: bool, event_loop: str = "uvloop") -> int:
-    from tlsproxy.server import Proxy
-
     try:
         binaries = find_mariadb_binaries()
     except LocalDatabaseError as exc:
@@ -44,7 +46,7 @@ async def run_demo(*, once: bool, event_loop: str = "uvloop") -> int:
     proxy = None
     try:
         _say(f"[1/4] generating a CA and a server certificate for localhost in {workdir}")
-        ca = certs.CertificateAuthority.create("tlsproxy demo CA")
+        ca = CertificateAuthority.create("tlsproxy demo CA")
         ca_path = workdir / "ca.pem"
         ca.write(ca_path)
         issued = ca.issue_server(("localhost",), ("127.0.0.1", "::1"))
@@ -66,7 +68,7 @@ async def run_demo(*, once: bool, event_loop: str = "uvloop") -> int:
             tls=TlsSettings(mode=SslMode.VERIFY_IDENTITY, ca_file=ca_path),
         )
         config = ProxyConfig(routes=(route,), event_loop=event_loop)
-        proxy = Proxy(config, certs.AuthRsaKey.generate())
+        proxy = Proxy(config, AuthRsaKey.generate())
         await proxy.start()
         port = proxy.listeners[0].port
         _say(f"[3/4] tlsproxy listens on 127.0.0.1:{port} (plaintext), upstream localhost:{server.port} "
