@@ -10,8 +10,8 @@ Transitions (the table is `states.TRANSITIONS`; `_set_state` refuses anything el
 {diagram}
 
 Inputs are routed by (side, state): `receive_*` settle the states where a side's bytes are not framed
-(TLS_PENDING: refused; RELAY: passed on; CLOSED: dropped), then `_SERVER_FRAME_HANDLERS` and
-`_CLIENT_FRAME_HANDLERS` name the handler of each whole frame by state.
+(TLS_PENDING: refused; RELAY: passed on; CLOSED: dropped), then `SERVER_FRAME_HANDLERS` and
+`CLIENT_FRAME_HANDLERS` name the handler of each whole frame by state.
 In AUTH and CHANGE_USER the machine relays packets with two sequence counters (one per leg), and plays
 the server's side of the caching_sha2_password / sha256_password RSA exchange with the proxy's own key
 (`rsa_exchange`), sending the password upstream inside TLS (PROTOCOL.md §5.3, §5.4). In RELAY client
@@ -117,7 +117,7 @@ class HandshakeMachine(PrewarmAdoption):
     def _feed_server(self, data: bytes) -> list[Effect]:
         self._server_frames.feed(data)
         effects: list[Effect] = []
-        while (handler := _SERVER_FRAME_HANDLERS.get(self._state)) is not None:
+        while (handler := SERVER_FRAME_HANDLERS.get(self._state)) is not None:
             frame = self._server_frames.next_frame()
             if frame is None:
                 break
@@ -141,7 +141,7 @@ class HandshakeMachine(PrewarmAdoption):
 
     def _drain_client_frames(self) -> list[Effect]:
         effects: list[Effect] = []
-        while (handler := _CLIENT_FRAME_HANDLERS.get(self._state)) is not None:
+        while (handler := CLIENT_FRAME_HANDLERS.get(self._state)) is not None:
             frame = self._client_frames.next_frame()
             if frame is None:
                 break
@@ -300,7 +300,7 @@ class HandshakeMachine(PrewarmAdoption):
         return [SendToServer(frame.encode())]
 
 
-_SERVER_FRAME_HANDLERS: dict[State, Callable[[HandshakeMachine, Frame], list[Effect]]] = {
+SERVER_FRAME_HANDLERS: dict[State, Callable[[HandshakeMachine, Frame], list[Effect]]] = {
     State.GREETING: HandshakeMachine._on_greeting,
     State.CLIENT_RESPONSE: HandshakeMachine._refuse_server_packet,
     State.REPLACING: HandshakeMachine._on_replacement_greeting,
@@ -312,7 +312,7 @@ _SERVER_FRAME_HANDLERS: dict[State, Callable[[HandshakeMachine, Frame], list[Eff
 """Who takes a whole server frame in each state; in the others server bytes never reach the frame loop
 (TLS_PENDING and REPLACEMENT_TLS_PENDING: injection, RELAY: passed through, CLOSED: dropped)."""
 
-_CLIENT_FRAME_HANDLERS: dict[State, Callable[[HandshakeMachine, bytes], list[Effect]]] = {
+CLIENT_FRAME_HANDLERS: dict[State, Callable[[HandshakeMachine, bytes], list[Effect]]] = {
     State.CLIENT_RESPONSE: HandshakeMachine._on_client_response,
     State.REAUTH: HandshakeMachine._on_reauth_reply,
     State.AUTH: HandshakeMachine._on_client_auth_packet,
