@@ -3,6 +3,9 @@ diagram is that table, every state is reachable, and the per-(side, state) handl
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.fixtures import greetings as G
@@ -62,3 +65,18 @@ def test_bytes_behind_a_replacement_greeting_are_refused_not_kept_for_after_tls(
     )
     assert playbook
     assert playbook.machine.state is State.CLOSED
+
+
+def test_the_architecture_map_names_a_real_method_for_every_transition() -> None:
+    """docs/ARCHITECTURE.md says which method makes each move: every transition of the table has a row,
+    and every method it names exists."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text.split("## Where each state transition lives", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "→" in line]
+    for source, _, to in TRANSITIONS:
+        assert any(re.search(rf"\b{source.name}\b", row.split("|")[1]) and re.search(rf"\b{to.name}\b", row.split("|")[1])
+                   for row in rows), f"no row for {source.name} → {to.name}"
+    named = {name.rpartition(".")[2] for row in rows for name in re.findall(r"`([A-Za-z_.]+)`", row.split("|")[2])}
+    named.discard("receive_*")
+    assert named and all(hasattr(HandshakeMachine, name) for name in named), sorted(
+        name for name in named if not hasattr(HandshakeMachine, name))
