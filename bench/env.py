@@ -29,10 +29,18 @@ BENCH_PASSWORD = "bench-password"
 BENCH_DATABASE = "sbtest"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports. The probes stay bound until all are picked: one at a time,
+    the kernel hands out the same port twice now and then (18 of 5,000 sets of 9 here), and a config
+    with two routes on one port is refused."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def raise_open_file_limit(wanted: int = 65536) -> int:
@@ -147,8 +155,8 @@ class BenchEnv:
         """One tlsproxy process (the real CLI), one route per proxied scenario."""
         assert self.server is not None
         self.stop_proxy()
-        for name in ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, *HANDSHAKE_ROUTES):
-            self.ports[name] = free_port()
+        names = ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, *HANDSHAKE_ROUTES, "admin")
+        self.ports.update(zip(names, free_ports(len(names))))
         self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
         self.sockets["proxy_disabled_unix"] = self.workdir / "relay.sock"
         upstream = f"localhost:{self.server.port}"
@@ -160,7 +168,6 @@ class BenchEnv:
             **{name: (f"127.0.0.1:{self.ports[name]}", "VERIFY_IDENTITY") for name in HANDSHAKE_ROUTES},
             PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY"),
         }
-        self.ports["admin"] = free_port()
         lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", f"admin_listen: 127.0.0.1:{self.ports['admin']}",
                  "shutdown_grace: 0", f"workers: {self.workers}", "routes:"]
         for name, (listen, mode) in routes.items():
@@ -190,7 +197,7 @@ class BenchEnv:
         socat = shutil.which("socat")
         if socat is None:
             raise RuntimeError("socat not found: apt-get install socat (scripts/setup.sh installs it)")
-        self.ports["socat_client_tls"] = free_port()
+        self.ports["socat_client_tls"], = free_ports(1)
         self.socat_process = subprocess.Popen(
             [socat, f"TCP-LISTEN:{self.ports['socat_client_tls']},bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=1024",
              f"TCP:127.0.0.1:{self.server.port},nodelay"],
@@ -204,7 +211,9 @@ class BenchEnv:
         pending_tcp, pending_unix = list(tcp), list(unix)
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"{what} exited with {process.returncode}; see {self.workdir}")
+                log_file = self.workdir / f"{what}.log"
+                said = log_file.read_text(errors="replace").strip().splitlines()[-5:] if log_file.exists() else []
+                raise RuntimeError(f"{what} exited with {process.returncode}" + "".join(f"\n  {line}" for line in said))
             pending_unix = [path for path in pending_unix if not path.exists()]
             still = []
             for address in pending_tcp:
