@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import model
+from bench import handshake, memory, model, proxy_metrics, soak, tls_matrix
 from bench.env import BenchEnv
 from bench.procs import machine_info
 from bench.report import write_report
@@ -43,8 +43,6 @@ def run(size: model.RunSize, out: Path, *, event_loop: str = "uvloop", workers: 
 
 
 def _optional_workloads(env: BenchEnv, size: model.RunSize, progress, results: model.RunResults) -> None:  # type: ignore[no-untyped-def]
-    from bench import handshake, memory, proxy_metrics, tls_matrix
-
     measured = handshake.run(env, size, progress)
     results.handshake = model.HandshakeResults.from_json(measured)
     results.proxy_metrics = model.ProxyMetrics.from_json(proxy_metrics.run(env, size, progress, measured))
@@ -64,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date-time>/)")
     run_parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
     run_parser.add_argument("--workers", type=int, default=1, help="tlsproxy's worker processes (default 1)")
-    from bench import soak
-
     soak_parser = commands.add_parser("soak", help="many connections with reconnect churn for minutes, every answer "
                                       "checked, the proxy's RSS over time (bench/soak.py)")
     soak.add_arguments(soak_parser)

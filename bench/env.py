@@ -10,6 +10,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import uvloop
+
+import tlsproxy
 from bench.model import Scenario
 from tlsproxy.demo import pki
 from tlsproxy.demo.localdb import start_mariadb
@@ -274,12 +278,6 @@ class BenchEnv:
                 return "unavailable"
 
         assert self.server is not None
-        import ssl
-
-        import uvloop
-
-        import tlsproxy
-
         return {
             "tlsproxy": tlsproxy.__version__,
             "python": sys.version.split()[0],

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.env import BENCH_PASSWORD, BENCH_USER, BenchEnv
+from bench.env import BENCH_USER, BenchEnv
 from bench.model import SCENARIO_BY_NAME, RunSize
 from bench.myclient import COM_QUIT, NATIVE_PASSWORD, LoginError, login
 from bench.procs import rss_kib

@@ -50,6 +50,7 @@ from bench.model import RESULTS_DIR, SCENARIO_BY_NAME, SoakResults, SoakTotals
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
 from bench.procs import cpu_seconds, machine_info, rss_kib
 from bench.soak_summary import memory_summary, summary_markdown
+from bench.proxy_metrics import scrape
 
 ROUTE = "proxy_tls_tcp"
 TABLE = f"{BENCH_DATABASE}.soak_blobs"
@@ -343,8 +344,6 @@ class Soak:
 
 
 def proxy_counters(env: BenchEnv) -> dict[str, float]:
-    from bench.proxy_metrics import scrape
-
     wanted = ("tlsproxy_connections_accepted_total", "tlsproxy_connections_refused_total",
               "tlsproxy_handshake_failures_total", "tlsproxy_connections_closed_total", "tlsproxy_connections_active")
     counters: dict[str, float] = {}

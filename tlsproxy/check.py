@@ -9,7 +9,7 @@ import socket
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TextIO
 
 from tlsproxy import certs
@@ -139,8 +139,6 @@ def _peer_chain(tls_sock: ssl.SSLSocket) -> list[bytes]:
 
 
 def _describe_unverified(route: Route, result: CheckResult) -> None:
-    from dataclasses import replace
-
     unverified = replace(route.tls, mode=SslMode.REQUIRED)
     context = build_client_context(unverified)
     try:
