@@ -4,16 +4,28 @@ the test server (10.11) through the proxy, so a server upgrade that changes them
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any, Iterator
 
 import mysql.connector
 import pytest
 
+from bench.myclient import native_password_scramble
 from tests.conftest import NATIVE, SECOND, TEST_DATABASE
+from tests.fixtures import responses as R
+from tests.fixtures.responses import build_response
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route
 from tlsproxy.demo.mariadb import MariaDBServer
+from tlsproxy.mysql.codec import encode_frame, parse_header
+from tlsproxy.mysql.constants import MASKED_CAPABILITIES, Capability
+from tlsproxy.mysql.messages import (
+    change_user_from_response,
+    parse_auth_switch,
+    parse_handshake_response,
+    parse_initial_handshake,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +134,66 @@ def test_a_failed_change_user_keeps_the_connection_as_the_previous_user(connecti
     with pytest.raises(mysql.connector.Error) as refused:
         connection.cmd_change_user(username=SECOND.user, password=SECOND.password, database=TEST_DATABASE)
     assert refused.value.errno == 1047
+
+
+# ---- a client's HandshakeResponse as COM_CHANGE_USER (how a pooled connection would take a new client) --
+
+
+def _read_packet(sock: socket.socket) -> tuple[int, bytes]:
+    header = _read_exactly(sock, 4)
+    length, sequence_id = parse_header(header)
+    return sequence_id, _read_exactly(sock, length)
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def _response(flags: int, user: str, password: str, nonce: bytes) -> bytes:
+    return build_response(capability_flags=flags, username=user.encode(),
+                          auth_response=native_password_scramble(password, nonce), database=TEST_DATABASE.encode(),
+                          auth_plugin_name="mysql_native_password", attributes={b"_client_name": b"probe"},
+                          character_set=45)
+
+
+def _current_user(sock: socket.socket, flags: int) -> bytes:
+    """SELECT CURRENT_USER(): one column, one row (a column count, its definition, an EOF unless
+    DEPRECATE_EOF, the row, the terminator)."""
+    sock.sendall(encode_frame(0, b"\x03SELECT CURRENT_USER()"))
+    assert _read_packet(sock)[1] == b"\x01"
+    _read_packet(sock)  # the column definition
+    if not flags & Capability.DEPRECATE_EOF:
+        assert _read_packet(sock)[1][:1] == b"\xfe"
+    row = _read_packet(sock)[1]
+    assert _read_packet(sock)[1][:1] == b"\xfe"
+    return row[1 : 1 + row[0]]
+
+
+@pytest.mark.parametrize("client", R.CAPTURED, ids=lambda fx: fx.name)
+def test_a_handshake_response_as_change_user_logs_in_over_the_greetings_nonce(proxy: ProxyThread, client) -> None:
+    """Each captured client's capability layout: log in as one user, then send COM_CHANGE_USER made from a
+    HandshakeResponse for another user, its native-password scramble computed over the connection's own
+    greeting nonce, as a client handed a pooled connection computes it. MariaDB drops the auth data of a
+    CLIENT_PLUGIN_AUTH client (`server_mpvio_write_packet`) and asks again with an AuthSwitchRequest carrying
+    the connection's original scramble, so the client's answer over the nonce it already has logs it in."""
+    flags = client.capability_flags & ~MASKED_CAPABILITIES & ~Capability.ZSTD_COMPRESSION_ALGORITHM
+    assert flags & Capability.PLUGIN_AUTH
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        _, greeting_payload = _read_packet(sock)
+        nonce = parse_initial_handshake(greeting_payload).nonce
+        sock.sendall(encode_frame(1, _response(flags, NATIVE.user, NATIVE.password, nonce)))
+        assert _read_packet(sock)[1][:1] == b"\x00"
+        second = _response(flags, SECOND.user, SECOND.password, nonce)
+        sock.sendall(encode_frame(0, change_user_from_response(second, parse_handshake_response(second))))
+        sequence_id, answer = _read_packet(sock)
+        switch = parse_auth_switch(answer)
+        assert (sequence_id, switch.plugin_name, switch.nonce) == (1, "mysql_native_password", nonce)
+        sock.sendall(encode_frame(2, native_password_scramble(SECOND.password, switch.nonce)))
+        assert _read_packet(sock)[1][:1] == b"\x00"
+        assert _current_user(sock, flags) == f"{SECOND.user}@%".encode()

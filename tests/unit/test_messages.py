@@ -17,6 +17,7 @@ from tlsproxy.mysql.constants import MASKED_CAPABILITIES, Capability
 from tlsproxy.mysql.messages import (
     AuthSwitchRequest,
     ErrPacket,
+    change_user_from_response,
     parse_auth_switch,
     parse_change_user,
     parse_err,
@@ -501,3 +502,41 @@ def test_change_user_truncated_at_every_byte() -> None:
                 parse_change_user(CHANGE_USER[:cut], CU_FLAGS)
         else:
             parse_change_user(CHANGE_USER[:cut], CU_FLAGS)
+
+
+# ---- change_user_from_response (a HandshakeResponse as COM_CHANGE_USER) ----------------------------
+
+
+def test_change_user_carries_the_responses_fields_in_its_own_layout() -> None:
+    flags = int(Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH
+                | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.CONNECT_WITH_DB | Capability.CONNECT_ATTRS)
+    payload = build_response(capability_flags=flags, username=b"bob", auth_response=b"\x01\x02\x03",
+                             database=b"shop", auth_plugin_name="mysql_native_password",
+                             attributes={b"_os": b"Linux"}, character_set=45)
+    change = change_user_from_response(payload, parse_handshake_response(payload))
+    assert change == (b"\x11" + b"bob\x00" + b"\x03\x01\x02\x03" + b"shop\x00" + b"\x2d\x00"
+                      + b"mysql_native_password\x00" + b"\x0a\x03_os\x05Linux")
+
+
+def test_change_user_without_database_plugin_or_attributes() -> None:
+    flags = int(Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION)
+    payload = build_response(capability_flags=flags, username=b"bob", auth_response=b"\xaa" * 20, character_set=8)
+    change = change_user_from_response(payload, parse_handshake_response(payload))
+    assert change == b"\x11bob\x00\x14" + b"\xaa" * 20 + b"\x00\x08\x00"
+
+
+def test_change_user_cannot_carry_more_than_255_bytes_of_auth_data() -> None:
+    flags = int(Capability.PROTOCOL_41 | Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA)
+    payload = build_response(capability_flags=flags, username=b"bob", auth_response=bytes(256))
+    with pytest.raises(ValueError, match="255"):
+        change_user_from_response(payload, parse_handshake_response(payload))
+
+
+@RESPONSES
+def test_change_user_from_every_captured_response_parses_back(fx: ResponseFixture) -> None:
+    response = parse_handshake_response(fx.payload)
+    change = change_user_from_response(fx.payload, response)
+    parsed = parse_change_user(change, response.capability_flags)
+    assert (parsed.username, parsed.auth_plugin_name) == (fx.username, fx.auth_plugin_name)
+    if response.capability_flags & Capability.CONNECT_ATTRS:
+        assert fx.payload.endswith(change[-20:])  # the attributes, copied byte for byte

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tlsproxy.mysql.codec import DecodeError, Reader, encode_lenenc_int
-from tlsproxy.mysql.constants import SSL_REQUEST_SIZE, Capability, PacketHeader
+from tlsproxy.mysql.constants import SSL_REQUEST_SIZE, Capability, Command, PacketHeader
 
 PROTOCOL_VERSION_10 = 0x0A
 
@@ -112,6 +112,8 @@ class HandshakeResponse:
     auth_length_span: tuple[int, int]
     auth_response_span: tuple[int, int]
     is_ssl_request: bool
+    attributes_start: int = -1
+    """Where the connection attributes (CLIENT_CONNECT_ATTRS) start in the payload: after the plugin name."""
 
     @property
     def protocol_41(self) -> bool:
@@ -156,7 +158,30 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     if capability_flags & Capability.PLUGIN_AUTH and not reader.at_end():
         plugin_name = reader.null_terminated("client_plugin_name").decode("ascii", "replace")
     return HandshakeResponse(capability_flags, max_packet_size, character_set, extended, username,
-                             auth_response, database, plugin_name, length_span, auth_span, False)
+                             auth_response, database, plugin_name, length_span, auth_span, False, reader.position)
+
+
+def change_user_from_response(payload: bytes, response: HandshakeResponse) -> bytes:
+    """The COM_CHANGE_USER that asks, on an already authenticated connection, for what a client's
+    HandshakeResponse asked for at connect: user, auth data, database, collation, auth plugin, connection
+    attributes (PROTOCOL.md §6, `parse_com_change_user_packet`). The auth data keeps the response's form,
+    but its length is one byte here (SECURE_CONNECTION), so more than 255 bytes cannot be carried; the
+    database is always present; the collation takes two bytes."""
+    flags = response.capability_flags
+    auth = response.auth_response
+    if flags & (Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA):
+        if len(auth) > 255:
+            raise ValueError("auth data longer than 255 bytes does not fit COM_CHANGE_USER")
+        auth_field = bytes((len(auth),)) + auth
+    else:
+        auth_field = auth + b"\x00"
+    out = (bytes((Command.CHANGE_USER,)) + response.username + b"\x00" + auth_field + (response.database or b"")
+           + b"\x00" + response.character_set.to_bytes(2, "little"))
+    if flags & Capability.PLUGIN_AUTH:
+        out += response.auth_plugin_name.encode("ascii") + b"\x00"
+    if flags & Capability.CONNECT_ATTRS and response.attributes_start >= 0:
+        out += payload[response.attributes_start:]
+    return out
 
 
 def patch_client_capabilities(payload: bytes, *, set_bits: int = 0, clear_bits: int = 0) -> bytes:
