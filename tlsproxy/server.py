@@ -146,9 +146,11 @@ def claim_socket_path(path: Path) -> None:
         probe.settimeout(1.0)
         try:
             probe.connect(str(path))
-        except OSError:
+        except (ConnectionRefusedError, FileNotFoundError):
             path.unlink(missing_ok=True)  # nobody accepts on it: stale
             return
+        except (BlockingIOError, TimeoutError):
+            pass  # its backlog is full: busy, not stale
     raise OSError(errno.EADDRINUSE, "another process is listening on it", str(path))
 
 
@@ -171,7 +173,7 @@ def listen_failure(exc: OSError, address: ListenAddress, *, who: str, setting: s
         fix = f"stop that process, or {elsewhere}"
     elif code in (errno.EACCES, errno.EPERM) and address.port < 1024:
         cause = f"port {address.port} is below 1024 and this process may not bind it"
-        fix = ("choose a port from 1024 up, or run with the capability CAP_NET_BIND_SERVICE "
+        fix = (f"choose a port from 1024 up ({setting}), or run with the capability CAP_NET_BIND_SERVICE "
                "(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)")
     elif code == errno.EADDRNOTAVAIL:
         cause = f"{address.host} is not an address of this host"
