@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tlsproxy.config import TcpAddress, UnixAddress
-from tlsproxy.server import Proxy
+from tlsproxy.server import Proxy, listen_failure
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,12 @@ class AdminHttp:
         if isinstance(self.address, UnixAddress):  # a worker's, in the supervisor's private directory
             self._server = await asyncio.start_unix_server(self._serve, str(self.address.path))
             return
-        self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
+        except OSError as exc:
+            raise listen_failure(exc, self.address, who="the admin listener", setting="admin_listen, --admin-listen",
+                                 elsewhere="choose another port (--admin-listen 127.0.0.1:PORT) or turn the "
+                                           "admin listener off (--admin-listen off)") from None
         log.info("admin: metrics and health on http://%s:%d/", self.address.host, self.port)
 
     async def close(self) -> None:

@@ -1,7 +1,8 @@
 """Command line: `tlsproxy [run]`, `tlsproxy check`, `tlsproxy demo`.
 
 Flags follow the MySQL client where one exists and override the config file.
-Exit codes: 0 ok, 1 a check or the demo failed, 2 a config error.
+Exit codes: 0 ok, 1 a check or the demo failed, 2 a config error or a start-up failure (an address that
+cannot be listened on: config.StartupError), reported as one line on stderr.
 """
 
 from __future__ import annotations

@@ -24,6 +24,15 @@ class ConfigError(Exception):
         self.problem = problem
 
 
+class StartupError(ConfigError):
+    """The settings are valid but the proxy cannot start with them on this host (an address in use, a
+    missing directory). The message is the whole line the user sees: the address, the setting, the cause
+    and the fix. A ConfigError, so it is reported where config errors are: one line, exit 2."""
+
+    def __str__(self) -> str:
+        return self.problem
+
+
 class SslMode(str, enum.Enum):
     """Named as MySQL's --ssl-mode. There is deliberately no PREFERRED: no silent plaintext fallback."""
 
@@ -404,10 +413,18 @@ def load_config_file(path: Path) -> dict[str, Any]:
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError("--config", f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping with a 'routes' list")
     return data or {}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: PyYAML's own text spans several, with the offending line drawn under a caret."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem or exc.context or 'cannot parse'} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def validate_security(config: ProxyConfig) -> None:

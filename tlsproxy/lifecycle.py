@@ -13,7 +13,9 @@ does, and :func:`run_until_stopped` is the one path from start to exit code:
   that signals every process does not cut the grace period short) and reloads its TLS files on SIGHUP.
 * Exit codes: 0 after a drain; 1 when the service could not start (a worker that fails during the
   supervisor's first start) or did not stop cleanly (a worker left running or exiting non-zero). A
-  config error (2) is reported by cli.py before any of this starts.
+  config error (2) is reported by cli.py before any of this starts; a listener that cannot listen (the
+  admin's here, the routes' in ``service.start``) raises config.StartupError, which cli.py reports the same
+  way (one line, 2).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import os
@@ -11,7 +12,8 @@ import stat
 from pathlib import Path
 
 from tlsproxy import allocator
-from tlsproxy.config import ConfigError, ProxyConfig, Route, SslMode, TcpAddress, UnixAddress
+from tlsproxy.config import (ConfigError, ListenAddress, ProxyConfig, Route, SslMode, StartupError, TcpAddress,
+                             UnixAddress)
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
@@ -46,13 +48,21 @@ class RouteListener:
         self.address: str = str(self.route.listen)
 
     async def start(self) -> None:
+        """Listen; StartupError (one line: the address, the cause, the fix) when the address cannot be had."""
+        try:
+            await self._listen()
+        except OSError as exc:
+            raise listen_failure(exc, self.route.listen, who=f"route {self.route.name}",
+                                 setting="listen, --listen") from None
+
+    async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         listen = self.route.listen
         if self._sock is not None:
             self._server = await loop.create_unix_server(self._new_protocol, sock=self._sock)
             self.address = str(listen)
         elif isinstance(listen, UnixAddress):
-            remove_stale_socket(listen.path)
+            claim_socket_path(listen.path)
             self._server = await loop.create_unix_server(self._new_protocol, str(listen.path),
                                                           backlog=LISTEN_BACKLOG)
             os.chmod(listen.path, listen.mode)
@@ -62,6 +72,10 @@ class RouteListener:
                                                     reuse_port=self._reuse_port or None, backlog=LISTEN_BACKLOG)
             sockname = self._server.sockets[0].getsockname()
             self.address = str(TcpAddress(sockname[0], sockname[1]))
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
 
     @property
     def port(self) -> int:
@@ -112,6 +126,88 @@ class RouteListener:
     async def wait_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
+
+
+UNIX_PATH_MAX = 107
+"""Bytes in a Unix socket path (Linux's sun_path holds 108 with the terminating NUL)."""
+
+
+def claim_socket_path(path: Path) -> None:
+    """Make way for a new listening socket at `path`: remove a socket left by a process that is gone, but
+    never one that another process (a second tlsproxy) still accepts on. OSError says why not."""
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, "path too long", str(path))
+    try:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            return  # binding fails with EADDRINUSE: a file that is not ours to remove
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # nobody accepts on it: stale
+            return
+        except (BlockingIOError, TimeoutError):
+            pass  # its backlog is full: busy, not stale
+    raise OSError(errno.EADDRINUSE, "another process is listening on it", str(path))
+
+
+def listen_failure(exc: OSError, address: ListenAddress, *, who: str, setting: str,
+                   elsewhere: str | None = None) -> StartupError:
+    """The one line for a listener that cannot start: `cannot listen on ADDRESS for WHO (SETTING): cause;
+    fix`. `who`: "route NAME" or "the admin listener"; `setting`: the key and flag that set the address;
+    `elsewhere`: how to choose another address (default: another one in SETTING)."""
+    if elsewhere is None:
+        what = "path" if isinstance(address, UnixAddress) else "port"
+        elsewhere = f"choose another {what} ({setting})"
+    code = exc.errno
+    if isinstance(exc, socket.gaierror):
+        host = address.host if isinstance(address, TcpAddress) else str(address)
+        cause, fix = f"the host name {host!r} does not resolve ({exc.strerror})", "listen on an IP address such as 127.0.0.1"
+    elif isinstance(address, UnixAddress):
+        cause, fix = _unix_listen_cause(code, exc, address.path, setting, elsewhere)
+    elif code == errno.EADDRINUSE:
+        cause = "the address is already in use by another process (another tlsproxy?)"
+        fix = f"stop that process, or {elsewhere}"
+    elif code in (errno.EACCES, errno.EPERM) and address.port < 1024:
+        cause = f"port {address.port} is below 1024 and this process may not bind it"
+        fix = (f"choose a port from 1024 up ({setting}), or run with the capability CAP_NET_BIND_SERVICE "
+               "(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE)")
+    elif code == errno.EADDRNOTAVAIL:
+        cause = f"{address.host} is not an address of this host"
+        fix = "listen on one of its addresses (127.0.0.1 for clients on this host)"
+    else:
+        cause, fix = exc.strerror or str(exc), elsewhere
+    return StartupError(setting, f"cannot listen on {address} for {who} ({setting}): {cause}; {fix}")
+
+
+def _unix_listen_cause(code: int | None, exc: OSError, path: Path, setting: str, elsewhere: str) -> tuple[str, str]:
+    directory = path.parent
+    if code == errno.ENOENT:
+        return (f"the directory {directory} does not exist",
+                f"create it (mkdir -p {directory}, writable by the proxy's user) or {elsewhere}")
+    if code == errno.ENOTDIR:
+        return f"{directory} is not a directory", elsewhere
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"this process (uid {os.geteuid()}) may not create files in {directory}",
+                f"make {directory} writable by the proxy's user or {elsewhere}")
+    if code == errno.ENAMETOOLONG:
+        return (f"the path is {len(os.fsencode(path))} bytes long, Unix socket paths hold at most {UNIX_PATH_MAX}",
+                f"choose a shorter path ({setting})")
+    if code == errno.EADDRINUSE:
+        try:
+            is_socket = stat.S_ISSOCK(path.stat().st_mode)
+        except OSError:
+            is_socket = True
+        if is_socket:
+            return ("another process is listening on this socket (another tlsproxy?)",
+                    f"stop that process, or {elsewhere}")
+        return f"{path} exists and is not a socket", f"remove it or {elsewhere}"
+    if code == errno.EROFS:
+        return f"{directory} is on a read-only file system", elsewhere
+    return exc.strerror or str(exc), elsewhere
 
 
 def remove_stale_socket(path: Path) -> None:
@@ -204,8 +300,17 @@ class Proxy:
                 for listener in self.listeners for direction, value in listener.relayed_bytes().items()]
 
     async def start(self) -> None:
+        """Start every route's listener; when one cannot listen (StartupError), the ones already started
+        close again (their socket paths removed) and the error goes on to the caller."""
         for listener in self.listeners:
-            await listener.start()
+            try:
+                await listener.start()
+            except StartupError:
+                for started in self.listeners:
+                    if started.started:
+                        started.stop_accepting()
+                        await started.wait_closed()
+                raise
             route = listener.route
             log.info("route %s: listening on %s, upstream %s, ssl_mode %s", route.name, listener.address,
                      route.upstream, route.tls.mode.value)

@@ -42,10 +42,10 @@ from prometheus_client.metrics_core import Metric
 
 from tlsproxy import __version__
 from tlsproxy.admin import AdminHttp
-from tlsproxy.config import ConfigError, ProxyConfig, TcpAddress, UnixAddress
+from tlsproxy.config import ProxyConfig, TcpAddress, UnixAddress
 from tlsproxy.lifecycle import ABORT, DRAIN, RELOAD, StopRequests, run_until_stopped, send_command
 from tlsproxy.metrics_merge import Families, merge_families, parse_metrics
-from tlsproxy.server import remove_stale_socket
+from tlsproxy.server import claim_socket_path, listen_failure, remove_stale_socket
 from tlsproxy.tls import build_upstream_tls
 from tlsproxy.worker import WORKER_ARGV, WorkerSpec, send_spec
 
@@ -114,29 +114,30 @@ class Supervisor:
         routes = []
         for i, route in enumerate(self.config.routes):
             listen = route.listen
-            if isinstance(listen, UnixAddress):
-                self._unix_sockets[i] = _unix_listener(listen, f"routes[{i}].listen")
-            else:
-                port = self._reserve_tcp(listen, f"routes[{i}].listen")
-                route = dataclasses.replace(route, listen=TcpAddress(listen.host, port))
+            try:
+                if isinstance(listen, UnixAddress):
+                    self._unix_sockets[i] = _unix_listener(listen)
+                else:
+                    route = dataclasses.replace(route, listen=TcpAddress(listen.host, self._reserve_tcp(listen)))
+            except OSError as exc:
+                raise listen_failure(exc, listen, who=f"route {route.name}", setting="listen, --listen") from None
             routes.append(route)
             log.info("route %s: listening on %s, upstream %s, ssl_mode %s (%d workers)", route.name,
                      route.listen, route.upstream, route.tls.mode.value, self.config.workers)
         self._worker_config = dataclasses.replace(self.config, routes=tuple(routes), admin_listen=None)
 
-    def _reserve_tcp(self, listen: TcpAddress, key: str) -> int:
+    def _reserve_tcp(self, listen: TcpAddress) -> int:
         """Bind (without listening) every address of `listen` with SO_REUSEPORT; the workers bind the
-        same port and listen. Port 0 becomes one real port for all of them."""
+        same port and listen. Port 0 becomes one real port for all of them. OSError when it cannot."""
         port = listen.port
-        try:
-            infos = socket.getaddrinfo(listen.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise ConfigError(key, f"cannot resolve {listen.host!r}: {exc.strerror}") from None
+        infos = socket.getaddrinfo(listen.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         seen = set()
         for family, kind, proto, _, address in infos:
             if (family, address[0]) in seen:
                 continue
             seen.add((family, address[0]))
+            if port:
+                _check_port_free(family, (address[0], port, *address[2:]))
             sock = socket.socket(family, kind, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -144,10 +145,9 @@ class Supervisor:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], port, *address[2:]))
-            except OSError as exc:
+            except OSError:
                 sock.close()
-                raise ConfigError(key, f"cannot listen on {TcpAddress(address[0], port)}: "
-                                       f"{exc.strerror or exc}") from None
+                raise
             self._tcp_placeholders.append(sock)
             port = sock.getsockname()[1]
         return port
@@ -363,14 +363,24 @@ class SupervisorAdmin(AdminHttp):
         return await self.supervisor.readiness_problems()
 
 
-def _unix_listener(listen: UnixAddress, key: str) -> socket.socket:
-    remove_stale_socket(listen.path)
+def _check_port_free(family: socket.AddressFamily, address: tuple) -> None:  # type: ignore[type-arg]
+    """SO_REUSEPORT would let this supervisor share a port with another process of the same user (a second
+    tlsproxy with workers) and quietly split its clients; a bind without it finds such a listener first."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(address)
+
+
+def _unix_listener(listen: UnixAddress) -> socket.socket:
+    claim_socket_path(listen.path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(listen.path))
         os.chmod(listen.path, listen.mode)
         sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise ConfigError(key, f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        raise
     return sock

@@ -9,9 +9,11 @@ explicit configuration, and loudly logged by the caller.
 from __future__ import annotations
 
 import ctypes
+import re
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
@@ -138,12 +140,36 @@ def build_client_context(settings: TlsSettings, key_prefix: str = "") -> Upstrea
         context.verify_mode = ssl.CERT_NONE
 
     if settings.cert_file is not None:
-        try:
-            context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(key_prefix + "ssl_cert",
-                              f"cannot load client certificate {settings.cert_file} with key {settings.key_file}: {exc}") from None
+        assert settings.key_file is not None  # config.py requires both
+        _load_client_certificate(context, settings.cert_file, settings.key_file, key_prefix)
     return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, cert_file: Path, key_file: Path, key_prefix: str) -> None:
+    """ConfigError names the file at fault: unreadable, not a PEM certificate or key, an encrypted key (which
+    OpenSSL would otherwise ask a pass phrase for on the terminal), or a key of another certificate."""
+    for path, key in ((cert_file, "ssl_cert"), (key_file, "ssl_key")):
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(key_prefix + key, f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def encrypted() -> bytes:
+        raise ConfigError(key_prefix + "ssl_key", f"{key_file} is encrypted; give an unencrypted key "
+                                                  f"(openssl pkey -in {key_file} -out NEW_FILE)")
+
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file), password=encrypted)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(key_prefix + "ssl_key", f"{key_file} is not the key of the certificate {cert_file}") from None
+        try:
+            ssl.create_default_context(cafile=str(cert_file))
+        except ssl.SSLError:
+            raise ConfigError(key_prefix + "ssl_cert", f"{cert_file} holds no PEM certificate "
+                                                       "(-----BEGIN CERTIFICATE-----)") from None
+        raise ConfigError(key_prefix + "ssl_key", f"{key_file} holds no PEM private key "
+                                                  "(-----BEGIN PRIVATE KEY-----)") from None
 
 
 def _load_trust(context: ssl.SSLContext, settings: TlsSettings, key_prefix: str) -> None:
@@ -158,8 +184,7 @@ def _load_trust(context: ssl.SSLContext, settings: TlsSettings, key_prefix: str)
             raise ConfigError(key_prefix + "ssl_ca", f"{settings.ca_file}: OpenSSL rejected a certificate: {exc}") from None
         loaded = True
     if settings.ca_path is not None:
-        if not settings.ca_path.is_dir():
-            raise ConfigError(key_prefix + "ssl_capath", f"{settings.ca_path} is not a directory")
+        _check_ca_directory(settings.ca_path, key_prefix + "ssl_capath")
         context.load_verify_locations(capath=str(settings.ca_path))
         loaded = True
     if settings.uses_system_trust:
@@ -177,6 +202,28 @@ def _load_trust(context: ssl.SSLContext, settings: TlsSettings, key_prefix: str)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(key_prefix + "ssl_crl", f"cannot load CRL {settings.crl_file}: {exc}") from None
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+HASHED_NAME = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
+"""How OpenSSL looks a CA up in a directory: the subject's hash, a dot, a number (`openssl rehash` makes them)."""
+
+
+def _check_ca_directory(path: Path, key: str) -> None:
+    """OpenSSL reads a CA directory only when a handshake needs an issuer, and finds nothing in one without
+    hashed names: every connection would then fail verification. Refuse that at start instead."""
+    try:
+        names = [entry.name for entry in path.iterdir()]
+    except FileNotFoundError:
+        raise ConfigError(key, f"{path} does not exist") from None
+    except NotADirectoryError:
+        raise ConfigError(key, f"{path} is not a directory; give a CA bundle file with ssl_ca (--ssl-ca)") from None
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read the directory {path}: {exc.strerror or exc}") from None
+    if not names:
+        raise ConfigError(key, f"{path} is empty; put the CA certificates there and run `openssl rehash {path}`")
+    if not any(HASHED_NAME.match(name) for name in names):
+        raise ConfigError(key, f"{path} has no hashed names (such as 1a2b3c4d.0), so OpenSSL would find no CA in "
+                               f"it; run `openssl rehash {path}` (or c_rehash), or give a bundle with ssl_ca")
 
 
 def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:

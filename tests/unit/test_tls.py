@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from tests.support.pki import TestPki
@@ -322,7 +323,20 @@ def test_capath_must_be_a_directory(pki: TestPki, tmp_path: Path, kind: str) -> 
     with pytest.raises(ConfigError) as error:
         build_client_context(TlsSettings(ca_path=path), "routes[0].")
     assert error.value.key == "routes[0].ssl_capath"
-    assert f"{path} is not a directory" in error.value.problem
+    assert f"{path} {'is not a directory' if kind == 'file' else 'does not exist'}" in error.value.problem
+
+
+@pytest.mark.parametrize("content", ["empty", "unhashed"])
+def test_capath_without_hashed_names_is_refused(pki: TestPki, tmp_path: Path, content: str) -> None:
+    """OpenSSL would load such a directory without complaint and then verify nothing against it."""
+    directory = tmp_path / "capath"
+    directory.mkdir()
+    if content == "unhashed":
+        shutil.copy(pki.ca, directory / "ca.pem")
+    with pytest.raises(ConfigError) as error:
+        build_client_context(TlsSettings(ca_path=directory), "routes[0].")
+    assert error.value.key == "routes[0].ssl_capath"
+    assert f"openssl rehash {directory}" in error.value.problem
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to hash the directory")
@@ -421,17 +435,37 @@ def test_client_certificate_is_presented(pki: TestPki) -> None:
         connect(replace(settings, cert_file=None, key_file=None), pki.server_cert, pki.server_key, client_ca=pki.ca)
 
 
-@pytest.mark.parametrize("problem", ["mismatch", "missing key", "missing cert"])
-def test_bad_client_certificate_is_a_config_error(pki: TestPki, tmp_path: Path, problem: str) -> None:
-    cert, key = {
+def _encrypted_key(pki: TestPki, path: Path) -> Path:
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"secret")))
+    return path
+
+
+@pytest.mark.parametrize(("problem", "key", "message"), [
+    ("mismatch", "ssl_key", "{key} is not the key of the certificate {cert}"),
+    ("missing key", "ssl_key", "cannot read {key}: No such file or directory"),
+    ("missing cert", "ssl_cert", "cannot read {cert}: No such file or directory"),
+    ("not a certificate", "ssl_cert", "{cert} holds no PEM certificate"),
+    ("not a key", "ssl_key", "{key} holds no PEM private key"),
+    ("encrypted key", "ssl_key", "{key} is encrypted; give an unencrypted key"),
+])
+def test_bad_client_certificate_is_a_config_error(pki: TestPki, tmp_path: Path, problem: str, key: str,
+                                                  message: str) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("garbage\n")
+    cert_file, key_file = {
         "mismatch": (pki.client_cert, pki.server_key),
         "missing key": (pki.client_cert, tmp_path / "none.key"),
         "missing cert": (tmp_path / "none.pem", pki.client_key),
+        "not a certificate": (garbage, pki.client_key),
+        "not a key": (pki.client_cert, garbage),
+        "encrypted key": (pki.client_cert, _encrypted_key(pki, tmp_path / "encrypted.key")),
     }[problem]
     with pytest.raises(ConfigError) as error:
-        build_client_context(TlsSettings(ca_file=pki.ca, cert_file=cert, key_file=key), "routes[0].")
-    assert error.value.key == "routes[0].ssl_cert"
-    assert f"cannot load client certificate {cert} with key {key}" in error.value.problem
+        build_client_context(TlsSettings(ca_file=pki.ca, cert_file=cert_file, key_file=key_file), "routes[0].")
+    assert error.value.key == f"routes[0].{key}"
+    assert message.format(cert=cert_file, key=key_file) in error.value.problem
 
 
 # ---- describe_tls_failure ------------------------------------------------------------------------------
