@@ -172,6 +172,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "tls_sessions": frozenset(),
     "metrics": frozenset(),
     "metrics_merge": frozenset(),
+    "descriptors": frozenset(),
     # the driver: TLS, connections, listeners, admin
     "tls": frozenset({"config", "certs", "errors", "outcome", "tls_sessions"}),
     "prewarm": CORE | {"config", "metrics", "logs", "tls"},
@@ -183,7 +184,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "admin": frozenset({"config", "metrics", "server"}),
     "check": CORE | {"certs", "config", "tls"},
     # running until stopped: one process, a worker, the supervisor of workers
-    "lifecycle": frozenset({"admin", "server"}),
+    "lifecycle": frozenset({"admin", "descriptors", "server"}),
     "worker": frozenset({"admin", "certs", "config", "lifecycle", "logs", "server"}),
     "supervisor": frozenset({"admin", "config", "lifecycle", "metrics_merge", "server", "tls", "worker"}),
     "cli": ANY,
