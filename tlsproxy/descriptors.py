@@ -101,6 +101,11 @@ def current_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def exhausted_message() -> str:
+    """What a client refused for want of a descriptor is told (after "tlsproxy: ")."""
+    return f"out of file descriptors (limit {current_limit()})"
+
+
 def is_exhaustion(exc: BaseException) -> bool:
     """An OSError that means the process (EMFILE) or the system (ENFILE) is out of descriptors. asyncio
     and uvloop keep the errno of a connect that failed alike on every address, not of a mix."""

@@ -79,3 +79,41 @@ def test_a_low_soft_limit_is_raised_and_every_client_served(mariadb: MariaDBServ
         assert cli.admin_address is not None
         assert metric(cli.admin_address, "tlsproxy_connections_active") == 300
         assert http(cli.admin_address, "/readiness")[0] == 200
+
+
+def test_out_of_descriptors_clients_get_err_1040_and_service_comes_back(mariadb: MariaDBServer, pki: TestPki,
+                                                                         event_loop_name: str) -> None:
+    """`ulimit -n 256` (soft = hard): clients are held until the descriptors run out; the next ones get
+    ERR 1040 at once, nothing is blamed on the upstream, /readiness is 503; once the held clients
+    leave, /readiness is 200 and new clients are served."""
+    message = f"tlsproxy: out of file descriptors (limit {LOW})"
+    with CliProxy(args(mariadb, pki, "--event-loop", event_loop_name), open_files=(LOW, LOW)) as cli, \
+            ExitStack() as held:
+        admin = cli.admin_address
+        assert admin is not None
+        log = "".join(cli.output)
+        assert f"open files limit {LOW}\n" in log and f"open files limit {LOW} fits about" in log, log
+        served: list[pymysql.Connection] = []
+        refused: list[tuple[int, str, float]] = []
+        while len(refused) < 12:
+            assert len(served) < LOW // 2, "the descriptors never ran out"
+            began = time.monotonic()
+            try:
+                served.append(held.enter_context(connect(cli.port())))
+            except pymysql.OperationalError as error:
+                refused.append((error.args[0], error.args[1], time.monotonic() - began))
+        assert len(served) > LOW // 2 - 40, f"only {len(served)} clients served"
+        assert all(code == 1040 and text == message and elapsed < 2.0 for code, text, elapsed in refused), refused
+        status, body = http(admin, "/readiness")
+        assert status == 503 and "file descriptors" in body, (status, body)
+        assert metric(admin, "tlsproxy_connections_closed_total", outcome="upstream_refused") == 0
+        assert metric(admin, "tlsproxy_handshake_failures_total", reason="upstream_refused") == 0
+        out_of_fds = (metric(admin, "tlsproxy_connections_refused_total", reason="out_of_fds")
+                      + metric(admin, "tlsproxy_connections_closed_total", outcome="out_of_fds"))
+        assert out_of_fds == len(refused)
+        assert all(query_one(client, "SELECT 3") == 3 for client in served)
+        held.close()
+        wait_until(lambda: http(admin, "/readiness")[0] == 200, 10, "/readiness did not come back")
+        with connect(cli.port()) as fresh:
+            assert query_one(fresh, "SELECT 5") == 5
+        assert "Traceback" not in "".join(cli.output)

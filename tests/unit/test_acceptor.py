@@ -1,0 +1,155 @@
+"""acceptor.py on both event loops, in this process, with its descriptors really used up (a soft limit a
+little above the highest open descriptor, the rest taken by /dev/null): a waiting client gets ERR 1040 from
+the reserve descriptor, the accept loop does not spin when even the reserve is gone, the admin listener
+answers from the reserve, and clients are served again once descriptors are free."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import resource
+import socket
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+import uvloop
+
+from tlsproxy import descriptors
+from tlsproxy.acceptor import Acceptor, refusal_packet
+from tlsproxy.mysql.messages import parse_err
+
+
+def run(event_loop_name: str, scenario: Callable[[], Awaitable[Any]]) -> Any:
+    if event_loop_name == "uvloop":
+        return uvloop.run(scenario())
+    return asyncio.run(scenario())
+
+
+@contextmanager
+def descriptors_used_up() -> Iterator[list[int]]:
+    """Every descriptor this process may still open, taken; given back (and the limit restored) after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir("/proc/self/fd"))
+    hog: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+    try:
+        while True:
+            try:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        yield hog
+    finally:
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        descriptors.reserve.restore()
+
+
+class CountingSocket(socket.socket):
+    accepts = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.accepts += 1
+        return super().accept()
+
+
+def listening() -> CountingSocket:
+    sock = CountingSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+class Greeter(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(b"served")  # type: ignore[attr-defined]
+        transport.close()
+
+
+def client_socket() -> socket.socket:
+    """Made before the shortage; connecting it later needs no new descriptor."""
+    client = socket.socket()
+    client.setblocking(False)
+    return client
+
+
+def start_connect(client: socket.socket, address: tuple[str, int]) -> None:
+    """Connect without yielding to the loop (so that the acceptor sees the client only afterwards)."""
+    assert client.connect_ex(address) in (0, errno.EINPROGRESS)
+
+
+async def read_all(client: socket.socket, timeout: float = 2.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await loop.sock_recv(client, 4096):
+            data += chunk
+    return data
+
+
+@asynccontextmanager
+async def serving(on_refused: Callable[[int], None] | None, clients: int
+                  ) -> AsyncIterator[tuple[CountingSocket, list[socket.socket]]]:
+    """An Acceptor on a fresh listener, and `clients` client sockets; all closed at the end."""
+    listener = listening()
+    acceptor = Acceptor([listener], Greeter, on_refused=on_refused)
+    sockets = [client_socket() for _ in range(clients)]
+    try:
+        yield listener, sockets
+    finally:
+        for client in sockets:
+            client.close()
+        acceptor.close()
+        await acceptor.wait_closed()
+
+
+def test_a_waiting_client_gets_err_1040_then_service_comes_back(event_loop_name: str) -> None:
+    async def scenario() -> None:
+        refused: list[int] = []
+        async with serving(refused.append, 3) as (listener, (first, second, third)):
+            with descriptors_used_up():
+                start_connect(first, listener.getsockname())
+                start_connect(second, listener.getsockname())
+                await asyncio.sleep(0.05)  # the acceptor's turn, with nothing left
+                packet = refusal_packet()
+                assert await read_all(first) == packet and await read_all(second) == packet
+                err = parse_err(packet[4:])
+                assert err.error_code == 1040 and err.sql_state is None
+                assert err.error_message == f"tlsproxy: out of file descriptors (limit {descriptors.current_limit()})"
+                assert packet[3] == 0  # sequence id 0
+                assert sum(refused) == 2
+                assert (descriptors.pressure() or "").startswith("out of file descriptors")
+            start_connect(third, listener.getsockname())
+            assert await read_all(third) == b"served"
+            assert descriptors.reserve.held
+
+    run(event_loop_name, scenario)
+
+
+def test_without_even_the_reserve_accepting_pauses_instead_of_spinning(event_loop_name: str) -> None:
+    async def scenario() -> None:
+        refused: list[int] = []
+        async with serving(refused.append, 1) as (listener, (client,)):
+            with descriptors_used_up() as hog:
+                descriptors.reserve.release()
+                hog.append(os.open("/dev/null", os.O_RDONLY))  # the reserve's descriptor, taken too
+                start_connect(client, listener.getsockname())
+                await asyncio.sleep(0.5)
+                assert 1 <= listener.accepts <= 10, listener.accepts  # a few tries per second, not a spin
+                assert refused == []
+            assert await read_all(client) == b"served"  # waited in the queue, served once freed
+
+    run(event_loop_name, scenario)
+
+
+def test_the_admin_listener_answers_from_the_reserve(event_loop_name: str) -> None:
+    async def scenario() -> None:
+        async with serving(None, 1) as (listener, (client,)):
+            with descriptors_used_up():
+                start_connect(client, listener.getsockname())
+                assert await read_all(client) == b"served"
+
+    run(event_loop_name, scenario)
