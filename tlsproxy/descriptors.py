@@ -121,13 +121,23 @@ def is_exhaustion(exc: BaseException) -> bool:
 
 # ---- running out: the process's state ------------------------------------------------------------
 
-_last_exhausted = float("-inf")
+class Shortage:
+    """When an accept or a connect last failed for want of a descriptor."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+
+    def seconds_since(self) -> float:
+        return time.monotonic() - self.last
+
+
+shortage = Shortage()
+"""The process's (a test swaps in a fresh one)."""
 
 
 def note_exhausted() -> None:
     """An accept or a connect just failed for want of a descriptor."""
-    global _last_exhausted
-    _last_exhausted = time.monotonic()
+    shortage.last = time.monotonic()
 
 
 def open_descriptors() -> int | None:
@@ -143,7 +153,7 @@ def open_descriptors() -> int | None:
 def pressure() -> str | None:
     """Why the process cannot take new connections now for want of descriptors, or None."""
     limit = current_limit()
-    since = time.monotonic() - _last_exhausted
+    since = shortage.seconds_since()
     if since < RECENT_SECONDS:
         return f"out of file descriptors (limit {limit}) {since:.1f}s ago"
     count = open_descriptors()

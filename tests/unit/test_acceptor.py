@@ -48,6 +48,12 @@ def descriptors_used_up() -> Iterator[list[int]]:
         descriptors.reserve.restore()
 
 
+@pytest.fixture(autouse=True)
+def fresh_shortage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No shortage noted here leaks into the other tests' readiness."""
+    monkeypatch.setattr(descriptors, "shortage", descriptors.Shortage())
+
+
 class CountingSocket(socket.socket):
     accepts = 0
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from tlsproxy import descriptors
+from tests.support.proxy import make_route
+from tlsproxy import descriptors, upstream
 from tlsproxy.descriptors import OpenFilesLimit, Reserve, descriptors_needed, is_exhaustion, startup_report
+from tlsproxy.errors import OutOfDescriptorsError
+from tlsproxy.outcome import Outcome
 
 
 @dataclass
@@ -75,6 +80,12 @@ def test_exhaustion_is_emfile_or_enfile_only() -> None:
     assert not is_exhaustion(TimeoutError())
 
 
+@pytest.fixture(autouse=True)
+def fresh_shortage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No shortage noted here leaks into the other tests' readiness (nor theirs into these)."""
+    monkeypatch.setattr(descriptors, "shortage", descriptors.Shortage())
+
+
 def test_pressure_follows_a_recent_exhaustion(monkeypatch: pytest.MonkeyPatch) -> None:
     assert descriptors.pressure() is None
     descriptors.note_exhausted()
@@ -93,3 +104,21 @@ def test_the_reserve_holds_one_descriptor_and_gives_it_back() -> None:
     assert len(os.listdir("/proc/self/fd")) == before + 1
     assert reserve.release() and not reserve.held
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_upstream_connect_out_of_descriptors_is_the_proxys_failure_and_not_retried() -> None:
+    """EMFILE from the connect: at once (no retry within connect_retry_window), errno 1040, out_of_fds."""
+    attempts: list[tuple[str, int]] = []
+
+    async def out_of_descriptors(factory: Any, host: str, port: int) -> Any:
+        attempts.append((host, port))
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    route = make_route(3306, connect_retry_window=5.0)
+    with pytest.raises(OutOfDescriptorsError) as raised:
+        asyncio.run(upstream.connect(route, asyncio.Protocol, conn_id=1, connector=out_of_descriptors))
+    assert attempts == [("localhost", 3306)]
+    error = raised.value
+    assert (error.errno, error.metric_label) == (1040, Outcome.OUT_OF_FDS)
+    assert error.client_message == f"tlsproxy: out of file descriptors (limit {descriptors.current_limit()})"
+    assert descriptors.pressure() is not None
