@@ -207,7 +207,7 @@ async def tcp_listeners(host: str, port: int, *, reuse_port: bool, backlog: int)
     """Bound, listening sockets for every address of `host`, as the event loops' create_server makes
     them (SO_REUSEADDR; IPV6_V6ONLY; SO_REUSEPORT for a worker sharing the port)."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
+    infos = await loop.getaddrinfo(host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:

@@ -11,13 +11,14 @@ import os
 import resource
 import socket
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import uvloop
 
 from tlsproxy import descriptors
-from tlsproxy.acceptor import Acceptor, refusal_packet
+from tlsproxy.acceptor import Acceptor, refusal_packet, tcp_listeners, unix_listener
 from tlsproxy.mysql.messages import parse_err
 
 
@@ -159,3 +160,33 @@ def test_the_admin_listener_answers_from_the_reserve(event_loop_name: str) -> No
                 assert await read_all(client) == b"served"
 
     run(event_loop_name, scenario)
+
+
+def test_listening_sockets_are_made_as_the_event_loops_make_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        (sock,) = await tcp_listeners("127.0.0.1", 0, reuse_port=False, backlog=8)
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            with pytest.raises(OSError, match="error while attempting to bind on address") as raised:
+                await tcp_listeners("127.0.0.1", sock.getsockname()[1], reuse_port=False, backlog=8)
+            assert raised.value.errno == errno.EADDRINUSE
+        finally:
+            sock.close()
+        (first,) = await tcp_listeners("127.0.0.1", 0, reuse_port=True, backlog=8)
+        try:  # another worker's listener on the same port
+            (second,) = await tcp_listeners("127.0.0.1", first.getsockname()[1], reuse_port=True, backlog=8)
+            second.close()
+        finally:
+            first.close()
+
+    asyncio.run(scenario())
+    path = tmp_path / "s.sock"
+    stale = unix_listener(path, backlog=8)
+    stale.close()  # the file stays, as after a crash
+    fresh = unix_listener(path, backlog=8)
+    fresh.close()
+    path.unlink()
+    path.write_text("not a socket")
+    with pytest.raises(OSError, match="already in use"):
+        unix_listener(path, backlog=8)
