@@ -21,9 +21,9 @@ not spin (the listening socket is empty afterwards). If the reserve cannot be ta
 pauses for ACCEPT_PAUSE_SECONDS at a time until it can.
 
 The admin listener uses the same loop, but a health probe or a scrape must get its answer, above all
-while descriptors are short: out of descriptors, it serves one waiting request on the reserve's
-descriptor instead of refusing it; the reserve is taken back by the next accept once descriptors are
-free again.
+while descriptors are short: out of descriptors, it serves one waiting request on a reserve of its own
+(descriptors.admin_reserve, so that a slow request cannot stop the clients' refusals) instead of
+refusing it; the reserve is taken back by the next accept once descriptors are free again.
 """
 
 from __future__ import annotations
@@ -65,17 +65,18 @@ class Acceptor:
     event loop's `Server`, with the parts of its interface the listeners use."""
 
     def __init__(self, sockets: list[socket.socket], protocol_factory: ProtocolFactory, *,
-                 on_refused: Callable[[int], None] | None) -> None:
+                 on_refused: Callable[[int], None] | None, reserve: descriptors.Reserve = descriptors.reserve) -> None:
         """`on_refused(n)`: n clients were refused for want of a descriptor. None: serve one on the
-        reserve's descriptor instead (the admin listener)."""
+        reserve's descriptor instead (the admin listener, with its own `reserve`)."""
         self._loop = asyncio.get_running_loop()
         self._sockets = sockets
         self._factory = protocol_factory
         self._on_refused = on_refused
+        self._reserve = reserve
         self._tasks: set[asyncio.Task[None]] = set()
         self._paused: asyncio.TimerHandle | None = None
         self._serving = False
-        descriptors.reserve.restore()
+        self._reserve.restore()
         for sock in sockets:
             sock.setblocking(False)
         self._watch()
@@ -101,7 +102,7 @@ class Acceptor:
 
     def _resume(self) -> None:
         self._paused = None
-        descriptors.reserve.restore()
+        self._reserve.restore()
         self._watch()
 
     def close(self) -> None:
@@ -122,8 +123,8 @@ class Acceptor:
     # ---- accepting ---------------------------------------------------------------------------------
 
     def _accept(self, sock: socket.socket) -> None:
-        if not descriptors.reserve.held:  # lent to an admin request, or lost to a shortage
-            descriptors.reserve.restore()
+        if not self._reserve.held:  # lent to an admin request, or lost to a shortage
+            self._reserve.restore()
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = sock.accept()
@@ -157,13 +158,13 @@ class Acceptor:
     def _serve_from_reserve(self, sock: socket.socket) -> None:
         """Out of descriptors on the admin listener: answer one request on the reserve's descriptor."""
         descriptors.note_exhausted()
-        if not descriptors.reserve.release():
+        if not self._reserve.release():
             self._pause()
             return
         try:
             conn, _ = sock.accept()
         except OSError:
-            descriptors.reserve.restore()
+            self._reserve.restore()
             return
         task = self._loop.create_task(self._connect(conn))
         self._tasks.add(task)
@@ -176,7 +177,7 @@ class Acceptor:
         client wakes the listener again.)"""
         descriptors.note_exhausted()
         refused, stuck = 0, False
-        if descriptors.reserve.release():
+        if self._reserve.release():
             packet = refusal_packet()
             try:
                 while refused < ACCEPT_BATCH:
@@ -196,10 +197,10 @@ class Acceptor:
                     conn.close()
                     refused += 1
             finally:
-                descriptors.reserve.restore()
+                self._reserve.restore()
         if refused:
             on_refused(refused)
-        if stuck or not descriptors.reserve.held:
+        if stuck or not self._reserve.held:
             self._pause()  # nothing to refuse with: wait for descriptors instead of spinning
 
 

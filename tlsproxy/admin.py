@@ -60,10 +60,10 @@ class AdminHttp:
         the process is out of file descriptors."""
         if isinstance(self.address, UnixAddress):  # a worker's, in the supervisor's private directory
             self._server = Acceptor([unix_listener(self.address.path, backlog=ADMIN_BACKLOG)], self._protocol,
-                                    on_refused=None)
+                                    on_refused=None, reserve=descriptors.admin_reserve)
             return
         sockets = await tcp_listeners(self.address.host, self.address.port, reuse_port=False, backlog=ADMIN_BACKLOG)
-        self._server = Acceptor(sockets, self._protocol, on_refused=None)
+        self._server = Acceptor(sockets, self._protocol, on_refused=None, reserve=descriptors.admin_reserve)
         log.info("admin: metrics and health on http://%s:%d/", self.address.host, self.port)
 
     def _protocol(self) -> asyncio.StreamReaderProtocol:

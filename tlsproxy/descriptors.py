@@ -193,4 +193,6 @@ class Reserve:
 
 
 reserve = Reserve()
-"""The process's reserve, shared by its listeners."""
+"""The process's reserve, shared by its client listeners."""
+admin_reserve = Reserve()
+"""The admin listener's, lent to one request at a time while descriptors are short."""

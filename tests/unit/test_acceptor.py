@@ -47,6 +47,7 @@ def descriptors_used_up() -> Iterator[list[int]]:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         descriptors.reserve.restore()
+        descriptors.admin_reserve.restore()
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +103,8 @@ async def serving(on_refused: Callable[[int], None] | None, clients: int
                   ) -> AsyncIterator[tuple[CountingSocket, list[socket.socket]]]:
     """An Acceptor on a fresh listener, and `clients` client sockets; all closed at the end."""
     listener = listening()
-    acceptor = Acceptor([listener], Greeter, on_refused=on_refused)
+    acceptor = Acceptor([listener], Greeter, on_refused=on_refused,
+                        reserve=descriptors.reserve if on_refused else descriptors.admin_reserve)
     sockets = [client_socket() for _ in range(clients)]
     try:
         yield listener, sockets
@@ -152,12 +154,35 @@ def test_without_even_the_reserve_accepting_pauses_instead_of_spinning(event_loo
     run(event_loop_name, scenario)
 
 
-def test_the_admin_listener_answers_from_the_reserve(event_loop_name: str) -> None:
+class Holder(asyncio.Protocol):
+    """An admin request that takes its time: answered, the connection kept."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(b"served")  # type: ignore[attr-defined]
+
+
+def test_the_admin_listener_answers_from_its_own_reserve(event_loop_name: str) -> None:
+    """Out of descriptors, an admin request is served on the admin's reserve; while it holds it, the
+    clients' listener still refuses with ERR 1040 from the clients' reserve."""
     async def scenario() -> None:
-        async with serving(None, 1) as (listener, (client,)):
-            with descriptors_used_up():
-                start_connect(client, listener.getsockname())
-                assert await read_all(client) == b"served"
+        loop = asyncio.get_running_loop()
+        refused: list[int] = []
+        admin_listener = listening()
+        admin = Acceptor([admin_listener], Holder, on_refused=None, reserve=descriptors.admin_reserve)
+        async with serving(refused.append, 1) as (listener, (client,)):
+            probe = client_socket()
+            try:
+                with descriptors_used_up():
+                    start_connect(probe, admin_listener.getsockname())
+                    async with asyncio.timeout(2):
+                        assert await loop.sock_recv(probe, 6) == b"served"
+                    assert not descriptors.admin_reserve.held
+                    start_connect(client, listener.getsockname())
+                    assert await read_all(client) == refusal_packet() and refused == [1]
+            finally:
+                probe.close()
+                admin.close()
+                await admin.wait_closed()
 
     run(event_loop_name, scenario)
 
