@@ -3,8 +3,9 @@
     GET  /metrics       Prometheus text format
     GET  /startup       200 once every listener is up
     GET  /liveness      200 while the process runs (a database outage must not restart the pod)
-    GET  /readiness     200 when started, not draining, under max connections on every route, and
-                        every upstream accepted a TCP connection in a recent (cached) check
+    GET  /readiness     200 when started, not draining, not out of file descriptors, under max
+                        connections on every route, and every upstream accepted a TCP connection in a
+                        recent (cached) check
     POST /quitquitquit  begin a graceful shutdown (for Kubernetes Jobs)
 """
 
@@ -18,6 +19,8 @@ from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tlsproxy import descriptors
+from tlsproxy.acceptor import Acceptor, tcp_listeners, unix_listener
 from tlsproxy.config import TcpAddress, UnixAddress
 from tlsproxy.server import Proxy, listen_failure
 
@@ -27,6 +30,7 @@ MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT_SECONDS = 5.0
 UPSTREAM_CHECK_TTL_SECONDS = 5.0
 UPSTREAM_CHECK_TIMEOUT_SECONDS = 1.0
+ADMIN_BACKLOG = 100  # asyncio.start_server's
 
 
 @dataclass
@@ -44,7 +48,7 @@ class AdminHttp:
         self.address = address
         self.on_quit = on_quit
         self.started = False
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Acceptor | None = None
 
     @property
     def port(self) -> int:
@@ -52,16 +56,25 @@ class AdminHttp:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
+        """Streams on the proxy's own accept loop (acceptor.py), so that a probe is answered even when
+        the process is out of file descriptors."""
         if isinstance(self.address, UnixAddress):  # a worker's, in the supervisor's private directory
-            self._server = await asyncio.start_unix_server(self._serve, str(self.address.path))
+            self._server = Acceptor([unix_listener(self.address.path, backlog=ADMIN_BACKLOG)], self._protocol,
+                                    on_refused=None, reserve=descriptors.admin_reserve)
             return
         try:
-            self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
+            sockets = await tcp_listeners(self.address.host, self.address.port, reuse_port=False,
+                                          backlog=ADMIN_BACKLOG)
         except OSError as exc:
             raise listen_failure(exc, self.address, who="the admin listener", setting="admin_listen, --admin-listen",
                                  elsewhere="choose another port (--admin-listen 127.0.0.1:PORT) or turn the "
                                            "admin listener off (--admin-listen off)") from None
+        self._server = Acceptor(sockets, self._protocol, on_refused=None, reserve=descriptors.admin_reserve)
         log.info("admin: metrics and health on http://%s:%d/", self.address.host, self.port)
+
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        """What asyncio.start_server makes for each connection."""
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._serve)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -154,6 +167,9 @@ class AdminServer(AdminHttp):
         if self.proxy.draining:
             return ["draining"]
         problems = []
+        out_of_descriptors = descriptors.pressure()
+        if out_of_descriptors:
+            problems.append(out_of_descriptors)
         for listener in self.proxy.listeners:
             route = listener.route
             if len(listener.sessions) >= route.max_connections:
@@ -175,6 +191,9 @@ class AdminServer(AdminHttp):
                 writer.close()
                 check.reachable, check.reason = True, "ok"
             except (OSError, TimeoutError) as exc:
+                if descriptors.is_exhaustion(exc):  # the proxy's own shortage, reported as such: no verdict
+                    descriptors.note_exhausted()
+                    return check
                 check.reachable = False
                 check.reason = "timeout" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             check.checked_at = time.monotonic()

@@ -129,3 +129,13 @@ class UpstreamRefusedError(TlsProxyError):
     errno = ErrorCode.HANDSHAKE_ERROR
     sqlstate = SqlState.COMMUNICATION_LINK.value
     metric_label = Outcome.UPSTREAM_ERROR
+
+
+class OutOfDescriptorsError(TlsProxyError):
+    """The proxy ran out of file descriptors (EMFILE/ENFILE) accepting the client or connecting upstream:
+    its own failure, never the upstream's, so it is not retried. 1040 as for max_connections: the proxy
+    is full."""
+
+    errno = ErrorCode.CON_COUNT_ERROR
+    sqlstate = SqlState.CONNECTION_REJECTED.value
+    metric_label = Outcome.OUT_OF_FDS

@@ -30,6 +30,7 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop serves without it
     uvloop = None
 
+from tlsproxy import descriptors
 from tlsproxy.admin import AdminHttp
 from tlsproxy.server import Proxy
 
@@ -158,6 +159,11 @@ class ProxyService:
         """Logs that the proxy is ready."""
 
     async def start(self) -> bool:
+        limit = descriptors.raise_open_files_limit()
+        info, warning = descriptors.startup_report(limit, self.proxy.config.routes)
+        log.info("%s", info)
+        if warning:
+            log.warning("%s", warning)
         await self.proxy.start()
         self.announce()
         return True

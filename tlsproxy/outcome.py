@@ -48,3 +48,5 @@ class Outcome(enum.StrEnum):
     HOST_NAME_MISMATCH = "host_name_mismatch"
     PROTOCOL_VERSION = "protocol_version"
     NO_SHARED_CIPHER = "no_shared_cipher"
+    # the proxy's own resources
+    OUT_OF_FDS = "out_of_fds"  # the proxy ran out of file descriptors (EMFILE/ENFILE; descriptors.py)

@@ -30,6 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from tlsproxy import descriptors
 from tlsproxy.config import Route
 from tlsproxy.errors import TlsProxyError
 from tlsproxy.metrics import ProxyMetrics
@@ -224,6 +225,8 @@ class PrewarmPool:
         except Exception as exc:  # OS, TLS, timeout and protocol errors: back off, try again later
             if transport is not None:
                 transport.abort()
+            if descriptors.is_exhaustion(exc):
+                descriptors.note_exhausted()
             self._failures += 1
             backoff = min(0.05 * 2 ** self._failures, MAX_BACKOFF_SECONDS)
             self._retry_at = time.monotonic() + backoff

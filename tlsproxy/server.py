@@ -9,14 +9,17 @@ import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
-from tlsproxy import allocator
+from tlsproxy import allocator, descriptors
+from tlsproxy.acceptor import Acceptor, tcp_listeners, unix_listener
 from tlsproxy.config import (ConfigError, ListenAddress, ProxyConfig, Route, SslMode, StartupError, TcpAddress,
                              UnixAddress)
 from tlsproxy.errors import ShuttingDownError, TooManyConnectionsError
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
+from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool
 from tlsproxy.session import ClientSide, RouteRuntime, Session
 from tlsproxy.tls import build_upstream_tls
@@ -27,6 +30,9 @@ LISTEN_BACKLOG = socket.SOMAXCONN
 TRIM_INTERVAL_SECONDS = 30.0
 """asyncio's default of 100 overflows when a few thousand clients connect at once (a pool reconnecting
 after a failover): the kernel drops the SYNs and each of those clients waits a 1 s retransmit."""
+
+REFUSAL_LOG_INTERVAL_SECONDS = 1.0
+"""Clients refused for want of a descriptor are logged together, one line per route at most this often."""
 
 _conn_ids = itertools.count(1)
 
@@ -43,12 +49,15 @@ class RouteListener:
         self.sessions: set[Session] = set()
         self.closed_bytes = {"client_to_server": 0, "server_to_client": 0}  # of sessions already gone
         self.sessions_closed = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Acceptor | None = None
         self._draining = False
         self.address: str = str(self.route.listen)
+        self._refused_unlogged = 0
+        self._refusal_logged_at = float("-inf")
 
     async def start(self) -> None:
-        """Listen; StartupError (one line: the address, the cause, the fix) when the address cannot be had."""
+        """Listen on the proxy's own accept loop (acceptor.py: refusing clients when out of file
+        descriptors); StartupError (one line: the address, the cause, the fix) when the address cannot be had."""
         try:
             await self._listen()
         except OSError as exc:
@@ -56,20 +65,20 @@ class RouteListener:
                                  setting="listen, --listen") from None
 
     async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
         listen = self.route.listen
         if self._sock is not None:
-            self._server = await loop.create_unix_server(self._new_protocol, sock=self._sock)
+            self._server = Acceptor([self._sock], self._new_protocol, on_refused=self._refused_out_of_fds)
             self.address = str(listen)
         elif isinstance(listen, UnixAddress):
             claim_socket_path(listen.path)
-            self._server = await loop.create_unix_server(self._new_protocol, str(listen.path),
-                                                          backlog=LISTEN_BACKLOG)
+            sock = unix_listener(listen.path, backlog=LISTEN_BACKLOG)
+            self._server = Acceptor([sock], self._new_protocol, on_refused=self._refused_out_of_fds)
             os.chmod(listen.path, listen.mode)
             self.address = f"unix:{listen.path}"
         else:
-            self._server = await loop.create_server(self._new_protocol, listen.host, listen.port,
-                                                    reuse_port=self._reuse_port or None, backlog=LISTEN_BACKLOG)
+            sockets = await tcp_listeners(listen.host, listen.port, reuse_port=self._reuse_port,
+                                          backlog=LISTEN_BACKLOG)
+            self._server = Acceptor(sockets, self._new_protocol, on_refused=self._refused_out_of_fds)
             sockname = self._server.sockets[0].getsockname()
             self.address = str(TcpAddress(sockname[0], sockname[1]))
 
@@ -97,6 +106,18 @@ class RouteListener:
             if self.runtime.metrics is not None:
                 self.runtime.metrics.connections_accepted.labels(self.route.name).inc()
         return protocol
+
+    def _refused_out_of_fds(self, count: int) -> None:
+        """`count` clients got ERR 1040 "out of file descriptors" at accept (acceptor.py)."""
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.connections_refused.labels(self.route.name, Outcome.OUT_OF_FDS).inc(count)
+        self._refused_unlogged += count
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_SECONDS:
+            log.warning("route %s: %s: refused %d client(s) with ERR 1040 (%d open here)", self.route.name,
+                        descriptors.exhausted_message(), self._refused_unlogged, len(self.sessions))
+            self._refused_unlogged = 0
+            self._refusal_logged_at = now
 
     def _session_closed(self, session: Session) -> None:
         if session in self.sessions:

@@ -15,9 +15,10 @@ import threading
 import time
 from typing import Awaitable, Callable, Protocol
 
+from tlsproxy import descriptors
 from tlsproxy.config import Route
 from tlsproxy.connection_record import ConnectionStats
-from tlsproxy.errors import UpstreamConnectError, UpstreamTimeoutError
+from tlsproxy.errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamTimeoutError
 from tlsproxy.tls import UpstreamTls, describe_tls_failure
 
 log = logging.getLogger("tlsproxy.session")  # the retries stay under the session's logger name
@@ -37,7 +38,8 @@ async def connect(route: Route, protocol_factory: ProtocolFactory, *, conn_id: i
                   connector: Connector = create_connection) -> asyncio.Transport:
     """TCP to the upstream. A refused or unreachable upstream is retried with backoff for
     `connect_retry_window` (a primary/secondary switchover takes seconds), each attempt bounded by
-    `connect_timeout`; the caller bounds the whole by the handshake timeout."""
+    `connect_timeout`; the caller bounds the whole by the handshake timeout. Running out of file
+    descriptors (EMFILE/ENFILE) is the proxy's own failure: not retried, not the upstream's fault."""
     started = time.monotonic()
     retry_until = started + route.connect_retry_window
     delay, attempts = 0.05, 0
@@ -52,6 +54,9 @@ async def connect(route: Route, protocol_factory: ProtocolFactory, *, conn_id: i
                 f"cannot connect to upstream {route.upstream}: no answer within {route.connect_timeout:g}s",
             ) from None
         except OSError as exc:
+            if descriptors.is_exhaustion(exc):
+                descriptors.note_exhausted()
+                raise OutOfDescriptorsError(descriptors.exhausted_message()) from None
             if time.monotonic() + delay > retry_until:
                 reason = exc.strerror or str(exc)
                 tried = f" ({attempts} attempts in {time.monotonic() - started:.1f}s)" if attempts > 1 else ""

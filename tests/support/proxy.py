@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -124,10 +125,13 @@ _ADMIN = re.compile(r"admin: metrics and health on http://([^/]+)/")
 class CliProxy:
     """The real `python -m tlsproxy` process; the port is read from its start-up log line."""
 
-    def __init__(self, args: list[str], *, cwd: Path | None = None) -> None:
+    def __init__(self, args: list[str], *, cwd: Path | None = None,
+                 open_files: tuple[int, int] | None = None) -> None:
+        """`open_files`: the (soft, hard) RLIMIT_NOFILE the process starts with."""
         # a free admin port unless the test chose one (the default 9090 may be taken)
         self.args = args if "--admin-listen" in args else [*args, "--admin-listen", "127.0.0.1:0"]
         self.cwd = cwd
+        self.open_files = open_files
         self.process: subprocess.Popen[str] | None = None
         self.addresses: dict[str, str] = {}
         self.admin_address: str | None = None
@@ -138,6 +142,7 @@ class CliProxy:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tlsproxy", *self.args], cwd=self.cwd, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
@@ -157,6 +162,10 @@ class CliProxy:
                 return self
         self.stop()
         raise RuntimeError("tlsproxy CLI did not start:\n" + "".join(self.output))
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
