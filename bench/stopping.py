@@ -235,18 +235,20 @@ def kill_descendants(timeout: float = NET_TIMEOUT_S) -> tuple[list[str], list[st
 def guarded(what: str, command: Callable[[], int]) -> int:
     """Run `command` (it returns an exit status) so that a signal or an error stops everything it started;
     return the exit status. `what` names it in the messages ("bench run")."""
-    previous = {signum: signal.signal(signum, _on_signal) for signum in SIGNALS}
     _State.stopping, _State.depth, _State.pending = False, 0, None
-    set_subreaper(True)
-    root = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+    previous = {signum: signal.signal(signum, _on_signal) for signum in SIGNALS}
     saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir = os.environ["TMPDIR"] = root
+    root: str | None = None
     status: int
     ending: str | None = None
     killed: list[str] = []
     left: list[str] = []
     try:
         try:
+            with uninterrupted():
+                set_subreaper(True)
+                root = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+                tempfile.tempdir = os.environ["TMPDIR"] = root
             status = command()
         except BaseException:
             _State.stopping = True  # the cleanup on the way out is not to be cut by a signal
@@ -260,7 +262,8 @@ def guarded(what: str, command: Callable[[], int]) -> int:
                     os.environ["TMPDIR"] = saved_env
                 killed, left = kill_descendants()
                 set_subreaper(False)
-                shutil.rmtree(root, ignore_errors=True)
+                if root is not None:
+                    shutil.rmtree(root, ignore_errors=True)
     except Interrupted as stop:
         status, ending = stop.status, f"interrupted by {stop.name}"
     except KeyboardInterrupt:  # raised by a handler other than ours: Ctrl-C all the same
