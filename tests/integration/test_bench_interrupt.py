@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +122,7 @@ class Bench:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[object]:
+def start(tmp_path: Path) -> Iterator[Callable[..., Bench]]:
     started: list[Bench] = []
 
     def start_bench(*args: str) -> Bench:
@@ -164,7 +164,7 @@ def _check_interrupted(bench: Bench, signum: signal.Signals) -> float:
     return took
 
 
-def test_run_sigterm_stops_mariadb_proxy_workers_socat_and_sysbench(start) -> None:  # type: ignore[no-untyped-def]
+def test_run_sigterm_stops_mariadb_proxy_workers_socat_and_sysbench(start: Callable[..., Bench]) -> None:
     bench = start("run", "--tiny", "--workers", "2")
     bench.wait_for(RUN_LOADING)
     commands = _commands(bench)
@@ -175,7 +175,7 @@ def test_run_sigterm_stops_mariadb_proxy_workers_socat_and_sysbench(start) -> No
     assert "sysbench" in _commands(bench)
 
 
-def test_run_ctrl_c_while_mariadb_starts(start) -> None:  # type: ignore[no-untyped-def]
+def test_run_ctrl_c_while_mariadb_starts(start: Callable[..., Bench]) -> None:
     """Ctrl-C once mariadbd runs, before it is ready (a SIGTERM then can go unheeded for 20 s: it is killed)."""
     bench = start("run", "--tiny")
 
@@ -195,7 +195,7 @@ def test_run_ctrl_c_while_mariadb_starts(start) -> None:  # type: ignore[no-unty
     assert took < STARTING_EXIT_BOUND_S, f"took {took:.1f}s to stop a MariaDB that was starting"
 
 
-def test_soak_sigterm(start) -> None:  # type: ignore[no-untyped-def]
+def test_soak_sigterm(start: Callable[..., Bench]) -> None:
     bench = start("soak", *TINY_SOAK)
     bench.wait_for(SOAK_LOADING)
     assert "mariadbd" in _commands(bench) and "-m tlsproxy --config" in _commands(bench)
@@ -203,14 +203,14 @@ def test_soak_sigterm(start) -> None:  # type: ignore[no-untyped-def]
     _check_interrupted(bench, signal.SIGTERM)
 
 
-def test_soak_ctrl_c(start) -> None:  # type: ignore[no-untyped-def]
+def test_soak_ctrl_c(start: Callable[..., Bench]) -> None:
     bench = start("soak", *TINY_SOAK)
     bench.wait_for(SOAK_LOADING)
     os.killpg(bench.process.pid, signal.SIGINT)
     _check_interrupted(bench, signal.SIGINT)
 
 
-def test_soak_error_after_start(start) -> None:  # type: ignore[no-untyped-def]
+def test_soak_error_after_start(start: Callable[..., Bench]) -> None:
     """An error with the world up (limits too low for 10 million connections): status 1, nothing left."""
     bench = start("soak", *TINY_SOAK, "--connections", "10000000")  # the last one counts
     status, _ = bench.wait_exit()
