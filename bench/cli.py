@@ -1,4 +1,7 @@
-"""`python -m bench run --quick|--full [--out DIR]`; `python -m bench soak [--connections N --duration S ...]`."""
+"""`python -m bench run --quick|--full [--out DIR]`; `python -m bench soak [--connections N --duration S ...]`.
+
+Both stop everything they started on SIGTERM, SIGINT (Ctrl-C), SIGHUP or an error, and then exit with
+128 + the signal's number or 1 (bench/stopping.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from bench.env import BenchEnv
 from bench.procs import machine_info
 from bench.report import write_report
 from bench.soak_summary import summary_markdown
+from bench.stopping import guarded, output_folder
 from bench.sysbench import prepare_tables
 from bench.workloads import interleaved
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     report_parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     if args.command == "soak":
-        return soak.command(args)
+        return guarded("bench soak", lambda: soak.command(args))
     if args.command == "report":
         results = model.load_results(args.directory)
         if isinstance(results, model.SoakResults):  # a soak folder: its summary, not a benchmark report
@@ -83,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = model.SIZES[args.size or "quick"]
     out = args.out or model.RESULTS_DIR / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    run(size, out, event_loop=args.event_loop, workers=args.workers)
-    return 0
+
+    def command() -> int:
+        with output_folder(out):  # an interrupted or failed run leaves no results behind
+            run(size, out, event_loop=args.event_loop, workers=args.workers)
+        return 0
+
+    return guarded("bench run", command)
 
 
 if __name__ == "__main__":  # pragma: no cover

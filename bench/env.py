@@ -4,6 +4,7 @@ the end."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -22,6 +23,7 @@ import uvloop
 
 import tlsproxy
 from bench.model import Scenario
+from bench.stopping import uninterrupted
 from tlsproxy.demo import pki
 from tlsproxy.demo.localdb import start_mariadb
 from tlsproxy.demo.mariadb import MariaDBServer
@@ -236,12 +238,14 @@ class BenchEnv:
         self.proxy_process = None
 
     def stop(self) -> None:
-        self.stop_proxy()
-        _stop(self.socat_process)
-        self.socat_process = None
-        if self.server is not None:
-            self.server.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        """Stop everything and remove the work directory; a signal waits for the end (bench/stopping.py)."""
+        with uninterrupted():
+            self.stop_proxy()
+            _stop(self.socat_process)
+            self.socat_process = None
+            if self.server is not None:
+                self.server.stop()
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "BenchEnv":
         return self
@@ -289,15 +293,18 @@ class BenchEnv:
         }
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
+def _stop(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    """SIGTERM to the process's group (its own session), SIGKILL after `grace`; then SIGKILL to whatever
+    is left of the group. The leader is reaped last: until then its pid cannot name another group."""
     if process is None or process.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    process.wait(5)

@@ -23,6 +23,7 @@ from bench.env import BENCH_USER, BenchEnv
 from bench.model import SCENARIO_BY_NAME, RunSize
 from bench.myclient import COM_QUIT, NATIVE_PASSWORD, LoginError, login
 from bench.procs import rss_kib
+from bench.stopping import run_async
 from tlsproxy.mysql.codec import encode_frame
 
 SCENARIO = "proxy_tls_tcp"
@@ -165,7 +166,7 @@ def run(env: BenchEnv, size: RunSize, progress: Callable[[str], None]) -> dict[s
     # A fresh proxy: what ran before (thousands of connections in the workloads) leaves allocator state
     # that would make the 0 point and the slope depend on the run's history.
     env.start_proxy()
-    measured = asyncio.run(_measure(env, counts, progress))
+    measured = run_async(_measure(env, counts, progress))
     points = measured["points"]
     result = {
         "what": "tlsproxy process RSS (VmRSS) with idle, authenticated connections through its TLS TCP route",

@@ -25,6 +25,7 @@ Any failure (connect, login, ERR packet, a wrong answer, a protocol violation, a
 timeout) is counted by kind and the connection starts over after a short pause; zero are expected.
 At the end the proxy's own counters (/metrics) are read and the blob table must be empty. The results
 go to bench/results/<date>-soak/ (results.json, summary.md); the exit status is 1 if anything failed.
+SIGTERM, SIGINT or an error stop everything the soak started and leave no results (bench/stopping.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from bench.model import RESULTS_DIR, SCENARIO_BY_NAME, SoakResults, SoakTotals
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
 from bench.procs import cpu_seconds, machine_info, rss_kib
 from bench.soak_summary import memory_summary, summary_markdown
+from bench.stopping import guarded, output_folder, run_async
 from bench.proxy_metrics import scrape
 
 ROUTE = "proxy_tls_tcp"
@@ -331,9 +333,14 @@ class Soak:
                 self.progress(f"soak: only {self.first_logins} of {config.connections} connections logged in "
                               f"within {config.ramp_timeout_s:g}s; stopping")
                 self.deadline = time.monotonic()
-            # workers stop at the deadline, after at most one operation in flight (op_timeout_s)
-            await asyncio.wait_for(asyncio.gather(*workers),
-                                   max(0.0, self.deadline - time.monotonic()) + 3 * config.op_timeout_s)
+            # workers stop at the deadline, after at most one operation in flight (op_timeout_s); no
+            # gather() here: cancelled (a signal), its future's error would go unread
+            timeout = max(0.0, self.deadline - time.monotonic()) + 3 * config.op_timeout_s
+            done, pending = await asyncio.wait(workers, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+            for worker in done:
+                worker.result()  # a worker's unexpected error, as gather() would raise it
+            if pending:
+                raise asyncio.TimeoutError(f"{len(pending)} connections still busy {timeout:.0f}s after the deadline")
         finally:
             sampler.cancel()
             for worker in workers:
@@ -413,7 +420,7 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> SoakRes
         stats = soak.stats
         progress(f"soak: done: {stats.queries} queries, {stats.reconnects} reconnects, "
                  f"{sum(stats.errors.values())} errors; waiting for the proxy to close its sessions")
-        asyncio.run(settle(env.proxy_process.pid))
+        run_async(settle(env.proxy_process.pid))
         soak.sample("after_close")
         leftover = int(env.server.sql(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
         counters = {name: value if name.endswith("_active") else value - counters_before.get(name, 0.0)
@@ -430,10 +437,9 @@ def _run_loop(coroutine: Any) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        asyncio.run(coroutine)
+        run_async(coroutine)
         return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(coroutine)
+    run_async(coroutine, loop_factory=uvloop.new_event_loop)
 
 
 def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: dict[str, Any], leftover: int,
@@ -518,7 +524,9 @@ def config_from(args: argparse.Namespace) -> SoakConfig:
 def command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or RESULTS_DIR / f"{datetime.date.today().isoformat()}-soak"
-    results = run(config_from(args), out, event_loop=args.event_loop)
+    config = config_from(args)
+    with output_folder(out):  # an interrupted or failed soak leaves no results behind
+        results = run(config, out, event_loop=args.event_loop)
     print(summary_markdown(results).split("## Proxy RSS over time")[0].rstrip())
     return 0 if results.ok else 1
 
@@ -526,7 +534,8 @@ def command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    return command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return guarded("bench soak", lambda: command(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

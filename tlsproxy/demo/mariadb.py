@@ -308,6 +308,10 @@ class MariaDBServer:
                                              start_new_session=True)
         try:
             self._wait_until_ready(startup_timeout, log_offset)
+        except BaseException:
+            # Not ready (an error, Ctrl-C): killed, as a SIGTERM during start-up can wait for STOP_TIMEOUT.
+            self._kill()
+            raise
         finally:
             if first_start:
                 (self.basedir / "init.sql").unlink(missing_ok=True)
