@@ -15,9 +15,11 @@ from bench.model import RunResults, Sample, Scenario, finite
 
 # ---- what the metrics mean ---------------------------------------------------------------------
 
-HEADLINE = {"point_select": "qps", "connect": "conn_per_s", "bulk": "mb_per_s"}
+HEADLINE = {"point_select": "qps", "select1": "qps", "connect": "conn_per_s", "bulk": "mb_per_s"}
+PER_UNIT = {"qps": ("query", 1.0), "conn_per_s": ("connection", 1.0), "mb_per_s": ("MiB", 1024 * 1024 / 1e6)}
+"""A rate's unit of work and its size in the rate's units: µs per unit = threads × size × 1e6 / rate."""
 METRIC_UNITS = {"qps": "queries/s", "conn_per_s": "connections/s", "mb_per_s": "MB/s"}
-CPU_UNIT = {"point_select": "queries", "connect": "connections", "bulk": "mib"}
+CPU_UNIT = {"point_select": "queries", "select1": "queries", "connect": "connections", "bulk": "mib"}
 UNIT_SINGULAR = {"queries": "query", "connections": "connection", "mib": "MiB", "handshakes": "handshake"}
 ROLES = ("client", "proxy", "relay", "server")
 
@@ -96,6 +98,32 @@ class Variant:
         metric = metric or self.headline
         return ratio_of(self.median(scenario, metric), self.median(baseline, metric))
 
+    @property
+    def threads(self) -> int:
+        """The variant's concurrency (threads=N), 1 when it has none: each thread waits for its own answers."""
+        for part in self.variant.split():
+            if part.startswith("threads=") and part[8:].isdigit():
+                return int(part[8:])
+        return 1
+
+    @property
+    def time_unit(self) -> str:
+        return PER_UNIT[self.headline][0] if self.headline in PER_UNIT else ""
+
+    def us_per_unit(self, scenario: str) -> float:
+        """What one unit of work (a query, a connection, a MiB) takes one thread, in µs, from the median rate."""
+        if self.headline not in PER_UNIT:
+            return float("nan")
+        rate = self.median(scenario, self.headline)
+        if not finite(rate) or rate <= 0:
+            return float("nan")
+        return self.threads * PER_UNIT[self.headline][1] * 1e6 / rate
+
+    def added_us(self, scenario: str, baseline: str) -> float:
+        """µs this scenario adds to each unit of work against the baseline (negative: it saves time)."""
+        value, base = self.us_per_unit(scenario), self.us_per_unit(baseline)
+        return value - base if finite(value) and finite(base) else float("nan")
+
     def cpu_per_unit(self, scenario: str) -> dict[str, float]:
         """Median over repetitions of CPU µs per unit, by role and in total (a role this scenario
         does not have is absent)."""
@@ -131,7 +159,8 @@ class RunAnalysis:
                 self.scenarios.append(Scenario(sample.scenario, sample.scenario, client_tls=False, via="–",
                                                local_leg="–"))
         self.names = [scenario.name for scenario in self.scenarios]
-        self.baselines = [name for name in model.BASELINES if name in self.labels]
+        not_run = results.target.not_run if results.target is not None else {}
+        self.baselines = [name for name in model.BASELINES if name in self.labels and name not in not_run]
         grouped: dict[tuple[str, str], list[Sample]] = {}
         for sample in results.samples:
             grouped.setdefault((sample.workload, sample.variant), []).append(sample)

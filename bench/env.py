@@ -74,6 +74,9 @@ class Endpoint:
     host: str | None = None
     port: int | None = None
     socket: Path | None = None
+    user: str = BENCH_USER
+    password: str = field(default=BENCH_PASSWORD, repr=False)
+    database: str = BENCH_DATABASE
 
     def mysql_args(self) -> dict[str, str | int]:
         if self.socket is not None:
@@ -95,6 +98,7 @@ class BenchEnv:
     ports: dict[str, int] = field(default_factory=dict)
     sockets: dict[str, Path] = field(default_factory=dict)
     route_max_connections: int = 20000
+    bulk_source = "seq"  # bench/lua/bulk.lua's row source: MariaDB's sequence tables
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -157,16 +161,13 @@ class BenchEnv:
         self.write_server_certificate(key_type)
         self.server.restart(ssl_cert=self.server_cert_path, ssl_key=self.server_key_path)
 
-    def start_proxy(self, extra_route_settings: str = "") -> None:
-        """One tlsproxy process (the real CLI), one route per proxied scenario."""
-        assert self.server is not None
-        self.stop_proxy()
+    def proxy_routes(self) -> dict[str, tuple[str, str]]:
+        """The proxy's routes: name -> (listen, ssl_mode)."""
         names = ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, *HANDSHAKE_ROUTES, "admin")
         self.ports.update(zip(names, free_ports(len(names))))
         self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
         self.sockets["proxy_disabled_unix"] = self.workdir / "relay.sock"
-        upstream = f"localhost:{self.server.port}"
-        routes = {
+        return {
             "proxy_tls_tcp": (f"127.0.0.1:{self.ports['proxy_tls_tcp']}", "VERIFY_IDENTITY"),
             "proxy_tls_unix": (str(self.sockets["proxy_tls_unix"]), "VERIFY_IDENTITY"),
             "proxy_disabled_tcp": (f"127.0.0.1:{self.ports['proxy_disabled_tcp']}", "DISABLED"),
@@ -174,11 +175,25 @@ class BenchEnv:
             **{name: (f"127.0.0.1:{self.ports[name]}", "VERIFY_IDENTITY") for name in HANDSHAKE_ROUTES},
             PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY"),
         }
+
+    def upstream(self) -> str:
+        assert self.server is not None
+        return f"localhost:{self.server.port}"
+
+    def upstream_tls_lines(self) -> list[str]:
+        """The routes' upstream TLS settings (YAML lines, without indentation)."""
+        return [f"ssl_ca: {self.ca_path}"]
+
+    def start_proxy(self, extra_route_settings: str = "") -> None:
+        """One tlsproxy process (the real CLI), one route per proxied scenario."""
+        self.stop_proxy()
+        routes = self.proxy_routes()
+        upstream = self.upstream()
         lines = [f"event_loop: {self.event_loop}", "log_level: WARNING", f"admin_listen: 127.0.0.1:{self.ports['admin']}",
                  "shutdown_grace: 0", f"workers: {self.workers}", "routes:"]
         for name, (listen, mode) in routes.items():
             lines += [f"  - name: {name}", f"    listen: {listen}", f"    upstream: {upstream}",
-                      f"    ssl_mode: {mode}", f"    ssl_ca: {self.ca_path}",
+                      f"    ssl_mode: {mode}", *(f"    {line}" for line in self.upstream_tls_lines()),
                       f"    max_connections: {self.route_max_connections}",
                       "    handshake_timeout: 60"]
             if name == PREWARM_ROUTE:
@@ -193,9 +208,9 @@ class BenchEnv:
         self.proxy_process = subprocess.Popen([sys.executable, "-m", "tlsproxy", "--config", str(config)],
                                               stdout=log_file, stderr=log_file, start_new_session=True)
         log_file.close()
-        self._wait_listening([("127.0.0.1", self.ports["proxy_tls_tcp"]), ("127.0.0.1", self.ports["proxy_disabled_tcp"]),
-                              ("127.0.0.1", self.ports["admin"])],
-                             [self.sockets["proxy_tls_unix"], self.sockets["proxy_disabled_unix"]],
+        tcp = [name for name in routes if name in self.ports]
+        self._wait_listening([("127.0.0.1", self.ports[name]) for name in (*tcp, "admin")],
+                             [self.sockets[name] for name in routes if name in self.sockets],
                              self.proxy_process, "tlsproxy")
 
     def start_socat(self) -> None:

@@ -354,6 +354,31 @@ def _run_size_from_json(item: dict[str, Any]) -> RunSize:
     return RunSize(**values)
 
 
+@dataclass
+class TargetInfo:
+    """`bench run --target`: the server the run measured and how it was reached (never the password)."""
+
+    address: str
+    user: str = ""
+    database: str = ""
+    tls: dict[str, Any] = field(default_factory=dict)  # the connection flags: ssl_ca, tls_server_name, ...
+    check: dict[str, Any] = field(default_factory=dict)  # tlsproxy check: server_version, tls_version, cipher, verified
+    network: dict[str, Any] = field(default_factory=dict)  # tcp_connect_us, query_us: {"median", ...}
+    not_run: dict[str, str] = field(default_factory=dict)  # scenario -> why it has no figures
+    workloads: list[str] = field(default_factory=list)
+    allow_plaintext: bool = False
+    allow_create: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TargetInfo:
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def network_us(self, key: str) -> float | None:
+        value = _mapping(self.network.get(key)).get("median")
+        return float(value) if finite(value) else None
+
+
 _SECTIONS: dict[str, Any] = {"handshake": HandshakeResults, "proxy_metrics": ProxyMetrics, "memory": MemoryResults,
              "tls_matrix": TlsMatrixResults}
 
@@ -376,6 +401,7 @@ class RunResults:
     memory: MemoryResults | None = None
     tls_matrix: TlsMatrixResults | None = None
     finished: float | None = None
+    target: TargetInfo | None = None  # a run against the user's own server (bench/target.py); None: embedded
     extra: dict[str, Any] = field(default_factory=dict)  # keys this model does not know, in file order
 
     @classmethod
@@ -390,6 +416,7 @@ class RunResults:
             versions=data.get("versions") or {},
             samples=[_sample_from_json(item) for item in data.get("samples") or []],
             finished=data.get("finished"),
+            target=TargetInfo.from_json(data["target"]) if isinstance(data.get("target"), dict) else None,
             extra={key: value for key, value in data.items() if key not in known})
         for key, section in _SECTIONS.items():
             if data.get(key) is not None:
@@ -411,6 +438,8 @@ class RunResults:
                 data[key] = section.data
         if self.finished is not None:
             data["finished"] = self.finished
+        if self.target is not None:
+            data["target"] = asdict(self.target)
         return {**data, **self.extra}
 
     def save(self, path: Path) -> None:

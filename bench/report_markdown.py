@@ -99,6 +99,7 @@ def _table(header: list[str], rows: list[list[str]], align_right_from: int = 1,
 def markdown(run: RunAnalysis, plots: dict[str, str], plot_note: str = "") -> str:
     lines: list[str] = []
     lines += _header(run)
+    lines += _target_section(run)
     lines += _how_to_read()
     lines += _scenario_table(run)
     warnings = _warnings(run)
@@ -192,11 +193,61 @@ def _header(run: RunAnalysis) -> list[str]:
     return lines + [""]
 
 
+def _target_section(run: RunAnalysis) -> list[str]:
+    """A run against the user's own server: where it is, what tlsproxy check found, the network, and which
+    figures are local."""
+    target = run.results.target
+    if target is None:
+        return []
+    check = target.check
+    tcp, query = target.network_us("tcp_connect_us"), target.network_us("query_us")
+    facts = [("target", f"`{target.address}`, account `{target.user}`, database `{target.database}`"),
+             ("server", str(check.get("server_version") or "–")),
+             ("TLS", f"{check.get('tls_version') or '–'}, cipher {check.get('cipher') or '–'}; "
+                     f"{check.get('verified') or '–'} (tlsproxy check)"),
+             ("connection flags", ", ".join(f"{key} {_cell(value)}" for key, value in target.tls.items()) or "–"),
+             ("network round trip", f"TCP connect {fmt(tcp)} µs, SELECT 1 direct over the client's TLS "
+                                    f"{fmt(query)} µs (medians)"),
+             ("workloads", ", ".join(target.workloads) + ("" if target.allow_create else
+                                                          " (read-only; --allow-create adds point_select on a table)"))]
+    lines = ["## Target", ""] + [f"- **{key}**: {value}" for key, value in facts] + [""]
+    lines += [("Which figures are local: the client's CPU (sysbench's rusage) and the proxy's CPU (tlsproxy runs "
+               "on this machine, read from /proc). The server's CPU is **not visible** on a remote target: the "
+               "report has no server column and the CPU totals are client + proxy only, not the server's work. "
+               "Throughput and latency include the network; the *added µs* columns are the difference to the "
+               "baseline per query (per connection, per MiB) for one thread, so they read against the round "
+               "trip above."), ""]
+    headline = _headline_sentence(run)
+    if headline:
+        lines += [headline, ""]
+    if target.not_run:
+        lines += ["Scenarios without figures:", ""] + [f"- {run.label(name)} (`{name}`): {why}"
+                                                      for name, why in target.not_run.items()] + [""]
+    return lines
+
+
+def _headline_sentence(run: RunAnalysis) -> str:
+    """"The proxy adds 40 µs to a 600 µs query": proxy_tls_tcp against client_tls, one thread."""
+    baseline = run.baselines[0] if run.baselines else None
+    phrases = []
+    for variant in run.variants:
+        if variant.threads != 1 or baseline is None or "proxy_tls_tcp" not in variant.by_scenario:
+            continue
+        added, base = variant.added_us("proxy_tls_tcp", baseline), variant.us_per_unit(baseline)
+        if finite(added) and finite(base):
+            phrases.append(f"{'+' if added >= 0 else '−'}{fmt(abs(added))} µs per {variant.time_unit} "
+                           f"(of {fmt(base)} µs with the client's TLS; {variant.title})")
+    if not phrases:
+        return ""
+    return (f"At a glance, tlsproxy (TCP client leg) against the client's own TLS (`{baseline}`), one thread "
+            "(− : faster): " + "; ".join(phrases) + ".")
+
+
 def _how_to_read() -> list[str]:
     return [
         "## How to read this report",
         "",
-        ("Every scenario runs the same workload against the same MariaDB; repetitions are interleaved "
+        ("Every scenario runs the same workload against the same server; repetitions are interleaved "
         "(all scenarios, then all again), so drift on a shared machine hits every scenario alike. "
         "Numbers are medians over repetitions with [min–max]. Absolute numbers are only comparable within "
         "one run; compare runs by their **ratios**: `vs client_tls` is this scenario's median divided by "
@@ -220,8 +271,11 @@ def _how_to_read() -> list[str]:
 def _scenario_table(run: RunAnalysis) -> list[str]:
     rows = []
     for scenario in run.scenarios:
+        roles = ", ".join(scenario.roles)
+        if run.results.target is not None:  # the server is not ours to measure
+            roles = ", ".join(role for role in scenario.roles if role != "server") + " (server: not visible)"
         rows.append([run.label(scenario.name), f"`{scenario.name}`", "yes" if scenario.client_tls else "no",
-                     scenario.via, scenario.local_leg, ", ".join(scenario.roles)])
+                     scenario.via, scenario.local_leg, roles])
     return ["## Scenarios", ""] + _table(
         ["scenario", "name", "client does TLS", "path", "client leg", "CPU charged to"], rows,
         align_right_from=99) + [""]
@@ -237,11 +291,17 @@ def _warnings(run: RunAnalysis) -> list[str]:
             if takes_part.get(name) and variant.workload not in takes_part[name]:
                 continue  # a scenario that takes part in some workloads only
             values = variant.values(name, variant.headline)
+            if name in _not_run(run):
+                continue  # listed once, with the reason, under "Target"
             if not values:
                 warnings.append(f"{variant.title}: no samples for {run.label(name)}")
             elif not any(values):
                 warnings.append(f"{variant.title}: {variant.headline} is zero for {run.label(name)}")
     return warnings
+
+
+def _not_run(run: RunAnalysis) -> dict[str, str]:
+    return run.results.target.not_run if run.results.target is not None else {}
 
 
 def _summary(run: RunAnalysis, plots: dict[str, str]) -> list[str]:
@@ -253,6 +313,12 @@ def _summary(run: RunAnalysis, plots: dict[str, str]) -> list[str]:
         lines += [(f"Throughput (headline metric) relative to {run.label(baseline)} (`{baseline}`), "
                   "ratio of medians, **higher is better**:"), ""]
         rows = [[run.label(name)] + [fmt_ratio(variant.ratio(name, baseline)) for variant in run.variants]
+                for name in run.names]
+        lines += _table(header, rows) + [""]
+    for baseline in run.baselines[:1]:
+        lines += [(f"Added time per unit of work against {run.label(baseline)} (`{baseline}`), µs per query, "
+                   "connection or MiB for one thread (from the median rates), **lower is better**:"), ""]
+        rows = [[run.label(name)] + [_added(run, variant, name, baseline) for variant in run.variants]
                 for name in run.names]
         lines += _table(header, rows) + [""]
     if run.baselines:
@@ -268,14 +334,25 @@ def _summary(run: RunAnalysis, plots: dict[str, str]) -> list[str]:
     return lines
 
 
+def _added(run: RunAnalysis, variant: Variant, name: str, baseline: str) -> str:
+    if name in _not_run(run):
+        return "not run"
+    added = variant.added_us(name, baseline)
+    return f"{added:+,.0f}" if finite(added) and abs(added) >= 10 else (f"{added:+.1f}" if finite(added) else "–")
+
+
 def _variant_section(run: RunAnalysis, variant: Variant) -> list[str]:
     direction = "higher is better" if variant.higher_is_better else "lower is better"
     lines = [f"## {variant.title}", "",
              (f"Headline: `{variant.headline}` in {variant.metric_unit}, median [min–max] over repetitions, "
              f"{direction}. Latency columns are medians of the per-sample percentiles (ms). CPU in µs per "
-             f"{variant.unit_label}, by process."), ""]
+             f"{variant.unit_label}, by process" + (" on this machine (the server's CPU is not visible on a remote "
+                                                   "target)." if run.results.target is not None else ".")), ""]
     header = ["scenario", f"{variant.metric_unit} median [min–max]", "n"]
     header += [f"vs {baseline}" for baseline in run.baselines]
+    if variant.time_unit:
+        header += [f"µs/{variant.time_unit}"] + [f"added µs/{variant.time_unit} vs {baseline}"
+                                                 for baseline in run.baselines]
     header += [metric_label(key) for key in variant.latency_keys + variant.other_keys]
     header += [f"CPU µs/{variant.unit_label} {role}" for role in variant.roles]
     header += [f"CPU µs/{variant.unit_label} total"]
@@ -284,10 +361,14 @@ def _variant_section(run: RunAnalysis, variant: Variant) -> list[str]:
     rows = []
     for name in run.names:
         summary = variant.summary(name, variant.headline)
+        not_run = _not_run(run).get(name)
         row = [run.label(name),
-               f"{fmt(summary['median'])} [{fmt(summary['min'])}–{fmt(summary['max'])}]" if summary["n"] else "–",
+               f"{fmt(summary['median'])} [{fmt(summary['min'])}–{fmt(summary['max'])}]" if summary["n"]
+               else (f"not run: {_cell(not_run)}" if not_run else "–"),
                str(summary["n"])]
         row += [fmt_ratio(variant.ratio(name, baseline)) for baseline in run.baselines]
+        if variant.time_unit:
+            row += [fmt(variant.us_per_unit(name))] + [_added(run, variant, name, baseline) for baseline in run.baselines]
         row += [fmt(variant.median(name, key)) for key in variant.latency_keys + variant.other_keys]
         cpu = variant.cpu_per_unit(name)
         row += [fmt(cpu.get(role)) for role in variant.roles]

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.env import BENCH_DATABASE, BENCH_PASSWORD, BENCH_USER, Endpoint
+from bench.env import Endpoint
 
 LUA_DIR = Path(__file__).parent / "lua"
 
@@ -48,15 +48,9 @@ def run_sysbench(test: str, endpoint: Endpoint, *, client_tls: bool, threads: in
                  timeout: float = 600) -> SysbenchResult:
     """`test` is a bundled sysbench test (oltp_point_select) or a script name in bench/lua/."""
     script = str(LUA_DIR / f"{test}.lua") if (LUA_DIR / f"{test}.lua").exists() else test
-    argv = ["sysbench", script, "--db-driver=mysql", f"--mysql-user={BENCH_USER}",
-            f"--mysql-password={BENCH_PASSWORD}", f"--mysql-db={BENCH_DATABASE}",
-            f"--mysql-ssl={'on' if client_tls else 'off'}", f"--threads={threads}",
+    argv = ["sysbench", script, *_connection_args(endpoint), f"--mysql-ssl={'on' if client_tls else 'off'}", f"--threads={threads}",
             f"--time={max(1, round(seconds)) if not events else 0}", f"--events={events}",
             "--histogram=on", "--percentile=99", "--rand-type=uniform", "--db-ps-mode=disable"]
-    if endpoint.socket is not None:
-        argv.append(f"--mysql-socket={endpoint.socket}")
-    else:
-        argv += [f"--mysql-host={endpoint.host}", f"--mysql-port={endpoint.port}"]
     for key, value in (options or {}).items():
         argv.append(f"--{key}={value}")
     argv.append("run")
@@ -71,7 +65,7 @@ def run_sysbench(test: str, endpoint: Endpoint, *, client_tls: bool, threads: in
             process.kill()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or "FATAL" in output:
-        raise RuntimeError(f"sysbench failed ({' '.join(argv)}):\n{output[-3000:]}")
+        raise SysbenchError(f"sysbench failed ({_shown(argv)}):\n{output[-3000:]}", output)
     histogram = [(float(m.group(1)), int(m.group(2))) for m in map(_HISTOGRAM_LINE.match, output.splitlines()) if m]
     total = _TOTAL_TIME.search(output)
     event_count = _EVENTS.search(output)
@@ -86,11 +80,31 @@ def run_sysbench(test: str, endpoint: Endpoint, *, client_tls: bool, threads: in
     )
 
 
-def prepare_tables(endpoint: Endpoint, *, table_size: int, workdir: Path) -> None:
-    argv = ["sysbench", "oltp_point_select", "--db-driver=mysql", f"--mysql-user={BENCH_USER}",
-            f"--mysql-password={BENCH_PASSWORD}", f"--mysql-db={BENCH_DATABASE}", "--tables=1",
-            f"--table-size={table_size}", f"--mysql-host={endpoint.host}", f"--mysql-port={endpoint.port}",
-            "prepare"]
+def prepare_tables(endpoint: Endpoint, *, table_size: int, workdir: Path, client_tls: bool = False,
+                   command: str = "prepare") -> None:
+    """sysbench's table sbtest1 (`command` "cleanup": dropped again)."""
+    argv = ["sysbench", "oltp_point_select", *_connection_args(endpoint), f"--mysql-ssl={'on' if client_tls else 'off'}",
+            "--tables=1", f"--table-size={table_size}", command]
     result = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"sysbench prepare failed:\n{result.stdout}\n{result.stderr}")
+        raise SysbenchError(f"sysbench {command} failed:\n{result.stdout}\n{result.stderr}", result.stdout)
+
+
+class SysbenchError(RuntimeError):
+    """sysbench failed; the message shows its command line without the password."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def _connection_args(endpoint: Endpoint) -> list[str]:
+    argv = ["--db-driver=mysql", f"--mysql-user={endpoint.user}", f"--mysql-password={endpoint.password}",
+            f"--mysql-db={endpoint.database}"]
+    if endpoint.socket is not None:
+        return argv + [f"--mysql-socket={endpoint.socket}"]
+    return argv + [f"--mysql-host={endpoint.host}", f"--mysql-port={endpoint.port}"]
+
+
+def _shown(argv: list[str]) -> str:
+    return " ".join("--mysql-password=***" if item.startswith("--mysql-password=") else item for item in argv)

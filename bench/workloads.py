@@ -25,17 +25,30 @@ def measure(env: BenchEnv, scenario: Scenario, run: Callable[[], SysbenchResult]
     return result, cpu
 
 
-def point_select(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+def _queries(env: BenchEnv, scenario: Scenario, test: str, workload: str, threads: int, size: RunSize,
+             repetition: int, options: dict[str, str | int] | None = None) -> Sample:
+    """Queries on open connections: sysbench's `test` for size.seconds, one query per event."""
     result, cpu = measure(env, scenario, lambda: run_sysbench(
-        "oltp_point_select", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
-        seconds=size.seconds, workdir=env.workdir, options={"tables": 1, "table-size": size.table_size}))
+        test, env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
+        seconds=size.seconds, workdir=env.workdir, options=options))
+    queries = result.queries or result.events
     return Sample(
-        workload="point_select", variant=f"threads={threads}", scenario=scenario.name, repetition=repetition,
+        workload=workload, variant=f"threads={threads}", scenario=scenario.name, repetition=repetition,
         duration_s=result.seconds,
-        metrics={"qps": result.queries / result.seconds, "p50_ms": result.percentile(0.50),
+        metrics={"qps": queries / result.seconds, "p50_ms": result.percentile(0.50),
                  "p95_ms": result.percentile(0.95), "p99_ms": result.percentile(0.99)},
-        cpu_s=cpu, units={"queries": result.queries},
+        cpu_s=cpu, units={"queries": queries},
     )
+
+
+def point_select(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+    return _queries(env, scenario, "oltp_point_select", "point_select", threads, size, repetition,
+                    {"tables": 1, "table-size": size.table_size})
+
+
+def select1(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+    """A read-only point query without a table: SELECT 1 on open connections."""
+    return _queries(env, scenario, "select1", "select1", threads, size, repetition)
 
 
 def connect_per_request(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
@@ -57,7 +70,7 @@ def bulk(env: BenchEnv, scenario: Scenario, row_bytes: int, size: RunSize, repet
     events = max(1, size.bulk_mib // event_mib)
     result, cpu = measure(env, scenario, lambda: run_sysbench(
         "bulk", env.endpoint(scenario), client_tls=scenario.client_tls, threads=1, seconds=0, events=events,
-        workdir=env.workdir, options={"rowbytes": row_bytes, "rows": rows}))
+        workdir=env.workdir, options={"rowbytes": row_bytes, "rows": rows, "source": env.bulk_source}))
     mib = result.events * rows * row_bytes / MIB
     return Sample(
         workload="bulk", variant=f"row={_size_label(row_bytes)}", scenario=scenario.name, repetition=repetition,
@@ -71,18 +84,26 @@ def _size_label(size: int) -> str:
     return f"{size // MIB}MiB" if size >= MIB else f"{size // 1024}KiB"
 
 
+EMBEDDED_WORKLOADS = ("point_select", "connect", "bulk")
+
+
 def interleaved(env: BenchEnv, size: RunSize, scenarios: Iterable[Scenario] = SCENARIOS,
-                progress: Callable[[str], None] = print) -> list[Sample]:
+                progress: Callable[[str], None] = print,
+                workloads: Iterable[str] = EMBEDDED_WORKLOADS) -> list[Sample]:
     """Every workload variant through every scenario, repetitions interleaved so drift hits all alike."""
     scenarios = list(scenarios)
+    workloads = tuple(workloads)
     variants: list[tuple[str, Callable[[Scenario, int], Sample]]] = []
-    for threads in size.point_threads:
+    if "select1" in workloads:
+        for threads in size.point_threads:
+            variants.append((f"select1 threads={threads}", lambda s, r, t=threads: select1(env, s, t, size, r)))
+    for threads in size.point_threads if "point_select" in workloads else ():
         variants.append((f"point_select threads={threads}",
                          lambda s, r, t=threads: point_select(env, s, t, size, r)))
-    for threads in size.connect_threads:
+    for threads in size.connect_threads if "connect" in workloads else ():
         variants.append((f"connect threads={threads}",
                          lambda s, r, t=threads: connect_per_request(env, s, t, size, r)))
-    for row_bytes in size.bulk_row_sizes:
+    for row_bytes in size.bulk_row_sizes if "bulk" in workloads else ():
         variants.append((f"bulk row={_size_label(row_bytes)}",
                          lambda s, r, b=row_bytes: bulk(env, s, b, size, r)))
     samples: list[Sample] = []
