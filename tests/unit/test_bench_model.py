@@ -101,6 +101,11 @@ def test_committed_results_load(path: Path) -> None:
         assert results.totals.connections == data["totals"]["connections"]
         # the committed summary is what the typed model renders
         assert summary_markdown(results) == (path.parent / "summary.md").read_text(encoding="utf-8")
+    elif path.parent.name.endswith("-target-example"):  # bench run --target: no server of its own to measure
+        assert isinstance(results, model.RunResults)
+        assert results.target is not None and results.target.network_us("tcp_connect_us") is not None
+        assert len(results.samples) == len(data["samples"]) > 0 and results.extra == {}
+        assert results.handshake is None and results.memory is None
     else:
         assert isinstance(results, model.RunResults)
         assert len(results.samples) == len(data["samples"]) > 0
