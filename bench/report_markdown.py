@@ -100,7 +100,7 @@ def markdown(run: RunAnalysis, plots: dict[str, str], plot_note: str = "") -> st
     lines: list[str] = []
     lines += _header(run)
     lines += _target_section(run)
-    lines += _how_to_read()
+    lines += _how_to_read(run)
     lines += _scenario_table(run)
     warnings = _warnings(run)
     if warnings:
@@ -243,7 +243,11 @@ def _headline_sentence(run: RunAnalysis) -> str:
             "(− : faster): " + "; ".join(phrases) + ".")
 
 
-def _how_to_read() -> list[str]:
+def _how_to_read(run: RunAnalysis) -> list[str]:
+    relays = ("" if run.results.target is not None else
+              "Scenario 4 (proxy with `ssl_mode: DISABLED`) is the relay's own "
+              "cost, so 3 minus 4 is roughly what TLS costs inside the proxy; scenario 5 (socat, the client "
+              "doing TLS) is what a plain TCP relay costs. ")
     return [
         "## How to read this report",
         "",
@@ -260,9 +264,7 @@ def _how_to_read() -> list[str]:
         "the work done: µs per query (point_select), per connection (connect: connect, SELECT 1, "
         "disconnect) or per MiB of result set (bulk). The columns show where the encryption cost moves: "
         "with direct TLS it is in the client and the server; through tlsproxy the client speaks plaintext "
-        "and the proxy carries the TLS. Scenario 4 (proxy with `ssl_mode: DISABLED`) is the relay's own "
-        "cost, so 3 minus 4 is roughly what TLS costs inside the proxy; scenario 5 (socat, the client "
-        "doing TLS) is what a plain TCP relay costs. The totals are medians of per-sample totals, so they "
+        "and the proxy carries the TLS. " + relays + "The totals are medians of per-sample totals, so they "
         "need not equal the sum of the per-role medians."),
         "",
     ]

@@ -92,3 +92,20 @@ def test_an_unreachable_target_is_a_clear_error(pki: TestPki, tmp_path: Path) ->
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert run.returncode != 0
     assert f"cannot connect to upstream 127.0.0.1:{port}" in run.stdout + run.stderr
+
+
+def test_without_a_client_certificate_client_tls_is_reported_refused(mariadb: MariaDBServer, pki: TestPki,
+                                                                      tmp_path: Path) -> None:
+    """The test server asks for client certificates; sysbench 1.0.20 always presents one (a throwaway
+    without --ssl-cert), which it rejects: client_tls has no figures and the report says why."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "bench", "run", "--tiny", "--out", str(out), "--event-loop", "asyncio",
+            "--target", f"127.0.0.1:{mariadb.port}", "--ssl-ca", str(pki.ca), "--user", NATIVE.user,
+            "--database", TEST_DATABASE]
+    run = subprocess.run(argv, cwd=REPO, env={**os.environ, "TLSPROXY_BENCH_PASSWORD": NATIVE.password},
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = model.RunResults.load(out / "results.json")
+    assert results.target is not None and "--ssl-cert" in results.target.not_run["client_tls"]
+    assert {sample.scenario for sample in results.samples} == {"proxy_tls_tcp", "proxy_tls_unix", "proxy_tls_tcp_prewarm"}
+    assert "not run" in (out / "report.md").read_text()

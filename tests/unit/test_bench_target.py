@@ -66,3 +66,13 @@ def test_report_shows_added_microseconds_and_what_is_not_visible() -> None:
     assert "TCP connect 600 µs" in report and "**not visible**" in report
     assert "refused by the server: Access denied" in report
     assert "| 1 direct plaintext | not run" in report
+
+
+def test_without_the_variable_the_password_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: asked.append(prompt) or "typed")
+    assert read_password({}) == "typed" and asked
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    with pytest.raises(SystemExit, match=PASSWORD_VARIABLE):
+        read_password({})
