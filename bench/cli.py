@@ -119,7 +119,8 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ssl-ca", type=Path, help="CA bundle the server's certificate is verified with")
     group.add_argument("--ssl-capath", type=Path, help="directory of hashed CA certificates")
     group.add_argument("--tls-server-name", help="name to verify and send as SNI (for IP targets)")
-    group.add_argument("--ssl-cert", type=Path, help="client certificate (for accounts with REQUIRE X509)")
+    group.add_argument("--ssl-cert", type=Path, help="client certificate (REQUIRE X509 accounts; and for client_tls "
+                       "when the server asks for one: sysbench always presents one)")
     group.add_argument("--ssl-key", type=Path, help="client certificate key")
     group.add_argument("--tls-version", help="allowed versions, e.g. TLSv1.2,TLSv1.3 (default)")
     group.add_argument("--user", help="the account the workloads log in with")
