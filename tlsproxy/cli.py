@@ -51,6 +51,8 @@ ROUTE_FLAGS = {
     "tls_session_cache_size": "tls_session_cache_size",
     "prewarm": "prewarm",
     "prewarm_max_age": "prewarm_max_age",
+    "upstream_pool": "upstream_pool",
+    "upstream_pool_idle_timeout": "upstream_pool_idle_timeout",
 }
 TOP_FLAGS = {
     "auth_rsa_key": "auth_rsa_key",
@@ -92,6 +94,12 @@ def _proxy_options() -> argparse.ArgumentParser:
                        help="keep N upstream connections ready (TCP, greeting, TLS done) for the next clients "
                             "(default 0: off)")
     group.add_argument("--prewarm-max-age", help="hand out a prewarmed connection only this young, seconds (default 5)")
+    group.add_argument("--upstream-pool", type=int, metavar="N",
+                       help="keep up to N idle authenticated upstream connections, reset, for the next clients "
+                            "(each still logs in with its own credentials; default 0: off)")
+    group.add_argument("--upstream-pool-idle-timeout", metavar="S",
+                       help="close a parked upstream connection after this long without a client, seconds "
+                            "(default 30; keep it below the server's wait_timeout)")
     group.add_argument("--connect-timeout", help="upstream TCP connect timeout, seconds (default 10)")
     group.add_argument("--connect-retry-window",
                        help="retry a refused/unreachable upstream with backoff for this long (default 5; 0: off)")
@@ -156,7 +164,7 @@ def _apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             value: Any = environ[name]
             if dest == "config":
                 value = Path(value)
-            elif dest in ("max_connections", "tls_session_cache_size", "prewarm", "workers"):
+            elif dest in ("max_connections", "tls_session_cache_size", "prewarm", "upstream_pool", "workers"):
                 if not value.strip().isdigit():
                     raise ConfigError(name, f"expected a whole number, got {value!r}")
                 value = int(value)

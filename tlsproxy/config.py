@@ -116,6 +116,10 @@ class Route:
     prewarm: int = 0
     """Upstream connections kept ready (TCP, greeting, SSLRequest, TLS done); 0: off (tlsproxy/prewarm.py)."""
     prewarm_max_age: float = 5.0
+    upstream_pool: int = 0
+    """Idle authenticated upstream connections kept for the next clients; 0: off (tlsproxy/upstream_pool.py)."""
+    upstream_pool_idle_timeout: float = 30.0
+    """How long a parked connection may wait for a client; keep it below the server's wait_timeout."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ ROUTE_KEYS = {
     "ssl_cert", "ssl_key", "ssl_crl", "tls_version", "ssl_cipher", "tls_ciphersuites", "tls_server_name",
     "allow_legacy_tls", "connect_timeout", "connect_retry_window", "handshake_timeout", "idle_timeout",
     "max_connections", "tls_session_resumption", "tls_session_cache_size", "prewarm", "prewarm_max_age",
+    "upstream_pool", "upstream_pool_idle_timeout",
 }
 TOP_KEYS = {"routes", "auth_rsa_key", "log_level", "log_format", "event_loop", "allow_non_loopback", "admin_listen",
              "shutdown_grace", "tls_files_check_interval", "workers"}
@@ -314,6 +319,14 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
     if prewarm_max_age > 9:
         raise ConfigError(f"{key}.prewarm_max_age", "at most 9 s: servers drop a connection that has not logged "
                                                     "in within connect_timeout (10 s by default)")
+    upstream_pool = raw.get("upstream_pool", 0)
+    if isinstance(upstream_pool, bool) or not isinstance(upstream_pool, int) or not 0 <= upstream_pool <= 1000:
+        raise ConfigError(f"{key}.upstream_pool", "expected a whole number from 0 (off) to 1000")
+    if upstream_pool and mode is SslMode.DISABLED:
+        raise ConfigError(f"{key}.upstream_pool", "the pool keeps TLS connections; it needs an ssl_mode other "
+                                                  "than DISABLED")
+    pool_idle_timeout = _duration(raw.get("upstream_pool_idle_timeout", 30), f"{key}.upstream_pool_idle_timeout")
+    assert pool_idle_timeout is not None
     return Route(
         name=name,
         listen=listen,
@@ -327,6 +340,8 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         max_connections=max_connections,
         prewarm=prewarm,
         prewarm_max_age=prewarm_max_age,
+        upstream_pool=upstream_pool,
+        upstream_pool_idle_timeout=pool_idle_timeout,
     )
 
 

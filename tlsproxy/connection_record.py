@@ -31,6 +31,10 @@ class ConnectionStats:
     tls_cipher: str | None = None
     tls_resumed: bool | None = None
     prewarmed: bool = False
+    reused: bool = False
+    """The upstream was a parked connection of the pool: the login was a COM_CHANGE_USER."""
+    parked: bool = False
+    """The upstream went to the pool when the client left."""
     tls_handshake_cpu_seconds: float | None = None
     certificate_not_after: float | None = None
     bytes_client_to_server: int = 0
@@ -104,11 +108,14 @@ class ConnectionRecord:
     def _record_handshake(self, metrics: ProxyMetrics) -> None:
         stats, route = self.stats, self.route.name
         phases = {"connect": stats.connect_seconds, "greeting": stats.greeting_seconds, "tls": stats.tls_seconds,
-                  "auth": stats.auth_seconds, "total": time.monotonic() - stats.accepted_at}
+                  "change_user" if stats.reused else "auth": stats.auth_seconds,
+                  "total": time.monotonic() - stats.accepted_at}
+        if stats.reused:
+            del phases["connect"]  # no connect happened: 0 would only flatten the histogram
         for phase, seconds in phases.items():
             if seconds is not None:
                 metrics.handshake_duration.labels(route, phase).observe(seconds)
-        if stats.tls_version is not None:
+        if stats.tls_version is not None and not stats.reused:
             resumed = "yes" if stats.tls_resumed else "no"
             metrics.tls_handshakes.labels(route, stats.tls_version, stats.tls_cipher or "", resumed).inc()
             if stats.tls_handshake_cpu_seconds is not None:
@@ -138,7 +145,8 @@ class ConnectionRecord:
             "conn": self.conn_id, "route": self.route.name, "client": self.client_address,
             "upstream": str(self.route.upstream), "outcome": stats.outcome, "closed_by": stats.closed_by,
             "tls": stats.tls_version if self.tls else "off", "cipher": stats.tls_cipher,
-            "resumed": stats.tls_resumed, "prewarmed": stats.prewarmed, "auth": stats.auth_plugin or None,
+            "resumed": stats.tls_resumed, "prewarmed": stats.prewarmed, "reused": stats.reused,
+            "parked": stats.parked, "auth": stats.auth_plugin or None,
             "connect_ms": ms(stats.connect_seconds), "greeting_ms": ms(stats.greeting_seconds),
             "tls_ms": ms(stats.tls_seconds), "auth_ms": ms(stats.auth_seconds),
             "duration_ms": ms(time.monotonic() - stats.accepted_at),

@@ -100,6 +100,15 @@ class ProxyMetrics:
             ["route", "outcome"], registry=r)
         self.prewarm_ready = Gauge(
             "tlsproxy_prewarm_ready", "Prewarmed upstream connections ready now", ["route"], registry=r)
+        self.upstream_pool_events = Counter(
+            "tlsproxy_upstream_pool_events", "Upstream pool events by outcome: parked (reset OK), reused (a client "
+            "logged in on a parked connection), reset_failed, expired (upstream_pool_idle_timeout), "
+            "closed_by_server (while parked), denied (a client's COM_CHANGE_USER failed: closed), mismatch (the "
+            "client's SSLRequest differed), full (no room: closed), in_flight (the client left mid-command: closed)",
+            ["route", "outcome"], registry=r)
+        self.upstream_pool_idle = Gauge(
+            "tlsproxy_upstream_pool_idle", "Parked upstream connections waiting for a client now", ["route"],
+            registry=r)
         self.auth_plugins = Counter(
             "tlsproxy_authentications", "Successful authentications by the auth plugin the server used last",
             ["route", "plugin"], registry=r)

@@ -21,6 +21,7 @@ from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import AuthKey
 from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool
+from tlsproxy.upstream_pool import UpstreamPool
 from tlsproxy.session import ClientSide, RouteRuntime, Session
 from tlsproxy.tls import build_upstream_tls
 
@@ -287,7 +288,8 @@ def build_runtime(route: Route, auth_key: AuthKey | None, index: int,
                   metrics: ProxyMetrics | None = None) -> RouteRuntime:
     upstream_tls = build_upstream_tls(route, key_prefix=f"routes[{index}].")
     prewarm = PrewarmPool(route, upstream_tls, metrics) if route.prewarm and upstream_tls is not None else None
-    return RouteRuntime(route, upstream_tls, auth_key, metrics, prewarm)
+    pool = UpstreamPool(route, metrics) if route.upstream_pool and upstream_tls is not None else None
+    return RouteRuntime(route, upstream_tls, auth_key, metrics, prewarm, upstream_pool=pool)
 
 
 class Proxy:
@@ -313,6 +315,8 @@ class Proxy:
                 lambda listener=listener: listener.cached_tls_sessions())
             self.metrics.prewarm_ready.labels(listener.route.name).set_function(
                 lambda listener=listener: len(listener.runtime.prewarm) if listener.runtime.prewarm else 0)
+            self.metrics.upstream_pool_idle.labels(listener.route.name).set_function(
+                lambda listener=listener: len(listener.runtime.upstream_pool) if listener.runtime.upstream_pool else 0)
         self.metrics.add_relayed_bytes_source(self._relayed_bytes)
         self._draining = False
 
@@ -367,6 +371,8 @@ class Proxy:
             return False
         for listener, runtime in zip(self.listeners, runtimes):
             old = listener.runtime.prewarm
+            if listener.runtime.upstream_pool is not None:
+                listener.runtime.upstream_pool.close()  # connections verified under the old settings
             listener.runtime = runtime
             if old is not None:
                 old.close()  # connections verified under the old settings
@@ -411,6 +417,8 @@ class Proxy:
             listener.stop_accepting()
             if listener.runtime.prewarm is not None:
                 listener.runtime.prewarm.close()
+            if listener.runtime.upstream_pool is not None:
+                listener.runtime.upstream_pool.close()
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self.active_connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

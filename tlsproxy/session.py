@@ -23,6 +23,7 @@ from tlsproxy.errors import HandshakeTimeoutError, TlsProxyError, UpstreamLostEr
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import (
     AuthKey,
+    ClientQuit,
     CloseConnection,
     Effect,
     HandshakeMachine,
@@ -35,6 +36,7 @@ from tlsproxy.mysql.handshake import (
 from tlsproxy.outcome import Outcome
 from tlsproxy.prewarm import PrewarmPool, WarmUpstream
 from tlsproxy.tls import UpstreamTls
+from tlsproxy.upstream_pool import PoolEvent, PooledUpstream, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class RouteRuntime:
     prewarm: PrewarmPool | None = None
     connector: upstream.Connector = upstream.create_connection
     """How the sessions open TCP to the upstream (tests pass a fake)."""
+    upstream_pool: UpstreamPool | None = None
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -78,7 +81,15 @@ class Session:
         self.stats = self.record.stats
         self._on_closed = on_closed
         self._loop = asyncio.get_running_loop()
-        self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key)
+        self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key,
+                                        upstream_pool=runtime.upstream_pool is not None)
+        self._pooled: PooledUpstream | None = None
+        """The parked connection this session took, while the client's login on it runs."""
+        self._uses = 1
+        """Clients the upstream connection has served, this one included."""
+        self._park_tried = False
+        self._opened_with: bytes | None = None
+        """The SSLRequest a pooled upstream was opened with (a fresh one's is the machine's `ssl_request`)."""
         self.client: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self._upstream_protocol: upstream.UpstreamSide | None = upstream.UpstreamSide(self)
@@ -123,8 +134,14 @@ class Session:
         route = self.route
         try:
             async with asyncio.timeout(route.handshake_timeout):
-                warm = self.runtime.prewarm.take() if self.runtime.prewarm is not None else None
-                if warm is not None:
+                pool = self.runtime.upstream_pool
+                pooled = pool.take(self._preferred_ssl_request()) if pool is not None else None
+                warm = None
+                if pooled is None and self.runtime.prewarm is not None:
+                    warm = self.runtime.prewarm.take()
+                if pooled is not None:
+                    self._adopt_pooled(pooled)
+                elif warm is not None:
                     self._adopt_prewarmed(warm)
                 else:
                     await self._connect_upstream()
@@ -164,15 +181,52 @@ class Session:
         self.stats.start_phase()
         self._run_machine(lambda: self.machine.adopt_prewarmed_upstream(warm.greeting_payload, warm.ssl_request))
 
+    def _preferred_ssl_request(self) -> bytes | None:
+        prewarm = self.runtime.prewarm
+        return prewarm.learned_ssl_request if prewarm is not None else None
+
+    def _adopt_pooled(self, pooled: PooledUpstream) -> None:
+        """Take over a parked upstream: authenticated for an earlier client, then reset by the pool."""
+        self._pooled = pooled
+        self._opened_with = pooled.ssl_request
+        self._uses = pooled.uses + 1
+        self.upstream = pooled.transport
+        pooled.transport.set_protocol(self._upstream_protocol)
+        self.stats.reused = True
+        self.stats.connect_seconds = 0.0
+        upstream.note_tls(self.stats, pooled.transport, handshake=False)
+        self.stats.start_phase()
+        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request))
+
     def _replace_upstream(self) -> None:
-        """The prewarmed upstream did not fit this client: drop it, connect a fresh one."""
-        if self.runtime.prewarm is not None:
-            self.runtime.prewarm.count_mismatch()
-        if self.upstream is not None:
-            self.upstream.set_protocol(asyncio.Protocol())
-            self.upstream.abort()
+        """The prewarmed or pooled upstream did not fit this client: put it away, and go on with a parked
+        connection that fits, or a fresh one."""
+        pool = self.runtime.upstream_pool
+        if self._pooled is not None and pool is not None:
+            pool.count(PoolEvent.MISMATCH)
+            pool.give_back(self._pooled)  # unused: still reset, still clean
+            self._pooled = self._opened_with = None
+            self._uses = 1
+            self.stats.reused = False
+        else:
+            if self.runtime.prewarm is not None:
+                self.runtime.prewarm.count_mismatch()
+            if self.upstream is not None:
+                self.upstream.set_protocol(asyncio.Protocol())
+                self.upstream.abort()
         self.upstream = None
         self._upstream_protocol = upstream.UpstreamSide(self)
+        fitting = pool.take_matching(self.machine.ssl_request) if pool is not None else None
+        if fitting is not None:
+            self._pooled = fitting
+            self._opened_with = fitting.ssl_request
+            self._uses = fitting.uses + 1
+            self.upstream = fitting.transport
+            fitting.transport.set_protocol(self._upstream_protocol)
+            self.stats.reused = True
+            upstream.note_tls(self.stats, fitting.transport, handshake=False)
+            self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload))
+            return
         self._spawn(self._connect_replacement())
 
     async def _connect_replacement(self) -> None:
@@ -205,6 +259,9 @@ class Session:
                 self._start_relay()
             elif isinstance(effect, ReplaceUpstream):
                 self._replace_upstream()
+            elif isinstance(effect, ClientQuit):
+                if not self._park("client quit") and self.upstream is not None:
+                    self.upstream.write(effect.quit)  # as if relayed: the server closes
             elif isinstance(effect, CloseConnection):
                 self.close(effect.reason, outcome=effect.outcome)
 
@@ -231,7 +288,12 @@ class Session:
         self._run_machine(self.machine.tls_established)
 
     def _start_relay(self) -> None:
-        upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
+        if self._pooled is not None:
+            self._pooled = None
+            if self.runtime.upstream_pool is not None:
+                self.runtime.upstream_pool.count(PoolEvent.REUSED)
+        else:
+            upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
         self._relay_started.set()
@@ -275,6 +337,8 @@ class Session:
             self.stats.bytes_server_to_client += len(data)
             if not self.machine.inspecting_server_data:
                 assert self.client is not None
+                if self.machine.upstream_pool:
+                    self.machine.note_server_data(data)
                 self.client.write(data)
                 return
         self._run_machine(lambda: self.machine.receive_server_data(data))
@@ -287,6 +351,8 @@ class Session:
             return False
         if self._server_eof or self.upstream is None:
             self.close("both sides closed", closed_by="client")
+            return False
+        if self.machine.upstream_pool and self._park("client closed"):
             return False
         if self.upstream.can_write_eof():
             self.upstream.write_eof()
@@ -316,6 +382,9 @@ class Session:
         return self.runtime.upstream_tls is None
 
     def client_lost(self, exc: Exception | None) -> None:
+        if not self._closed and self.machine.logged_in and self.machine.upstream_pool and not self._client_eof:
+            if self._park("client closed" if exc is None else f"client connection lost ({exc})"):
+                return
         if not self._closed:
             self.close(f"client connection lost ({exc.__class__.__name__}: {exc})" if exc else "client closed",
                        outcome=None if self.machine.logged_in else Outcome.CLIENT_GONE, closed_by="client")
@@ -358,6 +427,25 @@ class Session:
             self.client.write(packet)
         self.close(error.message, outcome=error.metric_label)
 
+    def _park(self, why: str) -> bool:
+        """The client left: hand the upstream to the pool if it may be (nothing in flight, the pool not
+        full) and end the session; False leaves everything as it was."""
+        pool, leg = self.runtime.upstream_pool, self.upstream
+        if pool is None or leg is None or self._closed or self._server_eof or self._park_tried:
+            return False
+        self._park_tried = True  # once: after a refusal COM_QUIT goes up, and the connection is over
+        if not self.machine.parkable:
+            pool.count(PoolEvent.IN_FLIGHT)
+            log.debug("conn=%d upstream not parked: %s", self.conn_id, self.machine.not_parkable_reason)
+            return False
+        if not pool.park(leg, self.machine.greeting_payload, self._opened_with or self.machine.ssl_request,
+                         uses=self._uses):
+            return False
+        self.upstream = None  # the pool's now
+        self.stats.parked = True
+        self.close(f"{why}; upstream parked", closed_by="client")
+        return True
+
     def close(self, reason: str, *, outcome: Outcome | None = None, closed_by: str = "proxy") -> None:
         if self._closed:
             return
@@ -377,6 +465,14 @@ class Session:
         for task in self._tasks:
             if not task.done() and asyncio.current_task() is not task:
                 task.cancel()
+        if self._pooled is not None and self.runtime.upstream_pool is not None:
+            # The client's login on a parked connection did not finish: the connection is closed
+            # (a failed COM_CHANGE_USER leaves it logged in as the previous client's user).
+            event = PoolEvent.DENIED if outcome is Outcome.AUTH_DENIED else PoolEvent.CLOSED_BY_SERVER \
+                if closed_by == "server" else None
+            if event is not None:
+                self.runtime.upstream_pool.count(event)
+            self._pooled = None
         self.record.end(reason, outcome, closed_by, relayed=self.machine.logged_in)
         self._on_closed(self)
         self._release()

@@ -82,14 +82,17 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
         raise describe_tls_failure(exc, upstream_tls) from None
 
 
-def note_tls(stats: ConnectionStats, transport: asyncio.BaseTransport) -> None:
+def note_tls(stats: ConnectionStats, transport: asyncio.BaseTransport, *, handshake: bool = True) -> None:
     """Copy what the TLS handshake settled (version, cipher, resumption, its CPU, the certificate's
-    expiry) into the connection's stats; nothing for a plaintext leg."""
+    expiry) into the connection's stats; nothing for a plaintext leg. `handshake` False: the connection
+    is a pooled one whose handshake an earlier client's record counted; only version and cipher."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is not None:
         stats.tls_version = ssl_object.version()
         cipher = ssl_object.cipher()
         stats.tls_cipher = cipher[0] if cipher else None
+        if not handshake:
+            return
         stats.tls_resumed = ssl_object.session_reused
         stats.tls_handshake_cpu_seconds = getattr(ssl_object, "handshake_cpu_seconds", None)
         peer = ssl_object.getpeercert()  # empty unless verified (REQUIRED mode)

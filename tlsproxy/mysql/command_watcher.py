@@ -4,7 +4,10 @@ that concern the connection itself (PROTOCOL.md §6).
 * COM_CHANGE_USER re-runs authentication, so the handshake machine takes it whole and steps back into
   the connection phase (the proxy's RSA exchange may be needed again).
 * COM_QUIT as the client's last packet tells a client half-close (nothing more to send) from a client
-  that vanished mid-command.
+  that vanished mid-command. On a route with an upstream pool it is taken whole too (`claim_quit`): the
+  machine holds it back, and the driver parks the upstream instead of passing it on.
+* With an upstream pool, every other command's first byte goes to `on_command` (the response follower,
+  which must know what each answer will look like to tell when nothing is in flight).
 
 Everything else passes without a copy: `FrameSkipper` counts payload bytes and stops only at the start
 of a COM_CHANGE_USER frame.
@@ -13,6 +16,7 @@ of a COM_CHANGE_USER frame.
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, FrameSkipper
 from tlsproxy.mysql.constants import Command
@@ -22,16 +26,30 @@ def _is_change_user(max_packet: int, length: int, sequence_id: int, first_byte: 
     return sequence_id == 0 and first_byte == Command.CHANGE_USER and length < max_packet
 
 
+def _claims_change_user_or_quit(max_packet: int, on_command: Callable[[int], None], length: int, sequence_id: int,
+                                first_byte: int) -> bool:
+    if sequence_id:
+        return False
+    if (first_byte == Command.CHANGE_USER and length < max_packet) or (first_byte == Command.QUIT and length == 1):
+        return True
+    on_command(first_byte)
+    return False
+
+
 class CommandWatcher:
-    def __init__(self, max_packet: int) -> None:
+    def __init__(self, max_packet: int, *, on_command: Callable[[int], None] | None = None) -> None:
+        """`on_command`: claim COM_QUIT too, and report the first byte of every other command."""
         self._max_packet = max_packet
         # A partial of a module function, not a bound method: no reference cycle through the skipper.
-        self._skipper = FrameSkipper(partial(_is_change_user, max_packet))
+        wants_whole = (partial(_is_change_user, max_packet) if on_command is None
+                       else partial(_claims_change_user_or_quit, max_packet, on_command))
+        self._skipper = FrameSkipper(wants_whole)
         self._tail = b""
         """An incomplete frame header, or an incomplete COM_CHANGE_USER, waiting for more bytes."""
 
     def feed(self, data: bytes) -> tuple[bytes, Frame | None, bytes]:
-        """(the bytes that pass on now, a COM_CHANGE_USER taken whole or None, the bytes after it)."""
+        """(the bytes that pass on now, a COM_CHANGE_USER (or, with `on_command`, COM_QUIT) taken whole or
+        None, the bytes after it)."""
         if self._tail:
             data = self._tail + data
             self._tail = b""

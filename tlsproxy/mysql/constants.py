@@ -71,6 +71,7 @@ AuthNextFactor packets.
 class Command(enum.IntEnum):
     QUIT = 0x01
     CHANGE_USER = 0x11
+    RESET_CONNECTION = 0x1F
 
 
 class PacketHeader(enum.IntEnum):

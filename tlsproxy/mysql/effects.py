@@ -32,10 +32,19 @@ class StartRelay:
 
 @dataclass(frozen=True, slots=True)
 class ReplaceUpstream:
-    """The prewarmed upstream connection does not fit this client (its SSLRequest differed): close it and
-    connect a fresh one; the machine then expects that connection's greeting."""
+    """The prewarmed or pooled upstream connection does not fit this client (its SSLRequest differed):
+    put it away and connect a fresh one (the machine then expects its greeting), or take a pooled one
+    opened with this client's SSLRequest (`HandshakeMachine.use_pooled_replacement`)."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientQuit:
+    """The client sent COM_QUIT on a route with an upstream pool, and the machine held it back: the driver
+    parks the upstream if it can (`HandshakeMachine.parkable`), else sends `quit` on as if relayed."""
+
+    quit: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +55,7 @@ class CloseConnection:
     reason: str
 
 
-Effect = Union[SendToClient, SendToServer, StartUpstreamTls, StartRelay, ReplaceUpstream, CloseConnection]
+Effect = Union[SendToClient, SendToServer, StartUpstreamTls, StartRelay, ReplaceUpstream, ClientQuit, CloseConnection]
 
 
 class AuthKey(Protocol):

@@ -8,7 +8,13 @@ from __future__ import annotations
 from tlsproxy.errors import ServerProtocolError, UpstreamRefusedError, UpstreamTlsUnsupportedError
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
 from tlsproxy.mysql.constants import MASKED_CAPABILITIES, Capability, PacketHeader
-from tlsproxy.mysql.messages import InitialHandshake, parse_err, parse_initial_handshake, ssl_request_from_response
+from tlsproxy.mysql.messages import (
+    InitialHandshake,
+    parse_err,
+    parse_initial_handshake,
+    patch_client_capabilities,
+    ssl_request_from_response,
+)
 
 MAX_GREETING_SIZE = 1 << 16
 """A greeting is about 100 bytes; anything near this is not one."""
@@ -36,6 +42,13 @@ def ssl_request_for(response_payload: bytes) -> bytes:
     """The SSLRequest payload for a client whose HandshakeResponse (or its 32-byte prefix) this is: the
     prefix with CLIENT_SSL set and the capabilities the proxy masks cleared (PROTOCOL.md §3.2, §4.2)."""
     return ssl_request_from_response(response_payload, MASKED_CAPABILITIES)
+
+
+def pool_key(ssl_request: bytes) -> bytes:
+    """What must be equal between the SSLRequest a pooled upstream connection was opened with and a new
+    client's, for the client to log in on it (PROTOCOL.md §6.3): all of it but CLIENT_CONNECT_WITH_DB,
+    which only says whether the HandshakeResponse names a database (COM_CHANGE_USER always carries one)."""
+    return patch_client_capabilities(ssl_request, clear_bits=Capability.CONNECT_WITH_DB)
 
 
 def ssl_request_frame(ssl_request: bytes) -> bytes:

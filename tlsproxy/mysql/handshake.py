@@ -31,9 +31,11 @@ from tlsproxy.errors import (
     TlsInjectionError,
 )
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
+from tlsproxy.mysql.command_watcher import CommandWatcher
 from tlsproxy.mysql.constants import HEADER_SIZE, MASKED_CAPABILITIES, SSL_REQUEST_SIZE, Capability, Command, PacketHeader
 from tlsproxy.mysql.effects import (
     AuthKey,
+    ClientQuit,
     CloseConnection,
     Effect,
     ReplaceUpstream,
@@ -42,7 +44,13 @@ from tlsproxy.mysql.effects import (
     StartRelay,
     StartUpstreamTls,
 )
-from tlsproxy.mysql.greeting import check_upstream_greeting, is_err_greeting, ssl_request_for, ssl_request_frame
+from tlsproxy.mysql.greeting import (
+    check_upstream_greeting,
+    is_err_greeting,
+    pool_key,
+    ssl_request_for,
+    ssl_request_frame,
+)
 from tlsproxy.mysql.machine_core import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET
 from tlsproxy.mysql.messages import (
     parse_auth_switch,
@@ -52,13 +60,14 @@ from tlsproxy.mysql.messages import (
     patch_greeting_capabilities,
 )
 from tlsproxy.mysql.prewarm_adoption import PrewarmAdoption
+from tlsproxy.mysql.response_follower import ResponseFollower
 from tlsproxy.mysql.states import State, render_transitions
 from tlsproxy.outcome import Outcome
 
 __doc__ = __doc__.replace("{diagram}", "\n".join("    " + line for line in render_transitions().splitlines()))
 
 __all__ = [
-    "DEFAULT_MAX_AUTH_PACKETS", "DEFAULT_MAX_HANDSHAKE_PACKET", "AuthKey", "CloseConnection", "Effect",
+    "DEFAULT_MAX_AUTH_PACKETS", "DEFAULT_MAX_HANDSHAKE_PACKET", "AuthKey", "ClientQuit", "CloseConnection", "Effect",
     "HandshakeMachine", "ReplaceUpstream", "SendToClient", "SendToServer", "StartRelay", "StartUpstreamTls", "State",
     "check_upstream_greeting",
 ]
@@ -203,9 +212,15 @@ class HandshakeMachine(PrewarmAdoption):
             self._rsa.finished()
         if self._state is State.CHANGE_USER:  # the server's OK or ERR: either way the session goes on
             self._set_state(State.RELAY)
+            if not succeeded:
+                # MariaDB keeps the connection logged in as the previous user, and counts the failure
+                # (after three it refuses every COM_CHANGE_USER): never hand it to another client.
+                self._unparkable = "a COM_CHANGE_USER failed on this connection"
         elif succeeded:
             self._set_state(State.RELAY)
             self.logged_in = True
+            if self.upstream_pool:
+                self._start_following()
             effects.append(StartRelay())
         else:
             self._set_state(State.CLOSED)
@@ -245,7 +260,9 @@ class HandshakeMachine(PrewarmAdoption):
             raise ClientProtocolError(CLIENT_DATA_BEFORE_ANSWER)
         self.ssl_request = ssl_request_for(patched)
         if self._warm_ssl_request is not None:
-            if self.ssl_request == self._warm_ssl_request:
+            fits = (pool_key(self.ssl_request) == pool_key(self._warm_ssl_request) if self.pooled
+                    else self.ssl_request == self._warm_ssl_request)
+            if fits:
                 self._set_state(State.AUTH)  # TLS is up already
                 return self._send_client_response_upstream()
             return self._replace_prewarmed_upstream(response)
@@ -262,13 +279,54 @@ class HandshakeMachine(PrewarmAdoption):
     def _relay_client_data(self, data: bytes) -> list[Effect]:
         if not data:
             return []
-        passed, change_user, after = self._watcher.feed(data)
+        passed, claimed, after = self._watcher.feed(data)
         effects: list[Effect] = [SendToServer(passed)] if passed else []
-        if change_user is not None:
-            effects += self._start_change_user(change_user)
-            if after:
-                self._hold_behind_change_user(after)
+        if claimed is None:
+            return effects
+        if claimed.payload[0] == Command.QUIT:
+            if after:  # bytes behind COM_QUIT: nothing to park; pass it all on as it came
+                self._unparkable = "the client sent bytes after COM_QUIT"
+                return effects + [SendToServer(claimed.encode() + after)]
+            return effects + [ClientQuit(claimed.encode())]
+        effects += self._start_change_user(claimed)
+        if after:
+            self._hold_behind_change_user(after)
         return effects
+
+    # ---- the upstream pool ---------------------------------------------------------------------
+
+    def _start_following(self) -> None:
+        """Logged in on a pooled route: follow the server's answers from now on, so the driver can tell
+        when the client leaves with nothing in flight (`parkable`)."""
+        assert self.client_response is not None and self.greeting is not None
+        client_flags = int.from_bytes(self._client_response_payload[:4], "little")
+        follower = ResponseFollower(
+            capability_flags=client_flags & self.greeting.capability_flags,
+            mariadb_extended_capabilities=(self.client_response.mariadb_extended_capabilities
+                                           & self.greeting.mariadb_extended_capabilities))
+        self._follower = follower
+        self._watcher = CommandWatcher(self._max_packet, on_command=follower.client_command)
+
+    def note_server_data(self, data: bytes | memoryview) -> None:
+        """Server bytes relayed past the machine (RELAY), for the response follower."""
+        if self._follower is not None:
+            self._follower.server_data(data)
+
+    @property
+    def parkable(self) -> bool:
+        """The upstream may be parked for another client: logged in, in the relay, every command answered
+        in full, the client's bytes ending at a packet boundary, and nothing that rules it out."""
+        follower = self._follower
+        return (self._state is State.RELAY and follower is not None and follower.idle and self._unparkable is None
+                and self._watcher.at_command_boundary and not self._held_behind_change_user)
+
+    @property
+    def not_parkable_reason(self) -> str:
+        if self._unparkable is not None:
+            return self._unparkable
+        if self._follower is not None and self._follower.lost:
+            return self._follower.lost
+        return "a command was still in flight"
 
     def _hold_behind_change_user(self, data: bytes) -> None:
         """Client bytes pipelined behind COM_CHANGE_USER, relayed once it is answered; at most one
@@ -288,6 +346,8 @@ class HandshakeMachine(PrewarmAdoption):
             self.auth_plugin = change.auth_plugin_name or self.auth_plugin
         except DecodeError:
             pass  # the server judges the packet; the proxy only needs to follow the exchange
+        if self._follower is not None and not self._follower.idle:
+            self._unparkable = "COM_CHANGE_USER came while a command was in flight"
         self._set_state(State.CHANGE_USER_SENT)
         self._nonce = self.greeting.nonce  # MariaDB may reuse the greeting's nonce (PROTOCOL.md §6)
         if self._rsa is not None:

@@ -18,8 +18,11 @@ from tlsproxy.mysql.messages import (
     ErrPacket,
     HandshakeResponse,
     InitialHandshake,
+    change_user_from_response,
+    parse_handshake_response,
     replace_auth_response,
 )
+from tlsproxy.mysql.response_follower import ResponseFollower
 from tlsproxy.mysql.rsa_exchange import PasswordInResponse, RsaExchange, ToClient, ToServer
 from tlsproxy.mysql.states import ALLOWED, State
 
@@ -40,8 +43,11 @@ class MachineCore:
         auth_key: AuthKey | None = None,
         max_handshake_packet: int = DEFAULT_MAX_HANDSHAKE_PACKET,
         max_auth_packets: int = DEFAULT_MAX_AUTH_PACKETS,
+        upstream_pool: bool = False,
     ) -> None:
         self.upstream_tls = upstream_tls
+        self.upstream_pool = upstream_pool
+        """The route pools upstream connections: COM_QUIT is held back and the server's answers followed."""
         self._auth_key = auth_key
         self._rsa = RsaExchange(auth_key) if upstream_tls and auth_key is not None else None
         self._max_packet = max_handshake_packet
@@ -57,6 +63,8 @@ class MachineCore:
         client never saw them, and `error_packet` must number the ERR as if they were never sent."""
         self._greeting_sent = False
         self.greeting: InitialHandshake | None = None
+        self.greeting_payload = b""
+        """The upstream's greeting as it sent it (a parked connection hands it to its next client)."""
         self.client_response: HandshakeResponse | None = None
         self._client_response_payload = b""
         self.ssl_request = b""
@@ -74,6 +82,11 @@ class MachineCore:
         """The upstream was a prewarmed connection (greeting, SSLRequest and TLS done before the client came)."""
         self.prewarm_mismatch = False
         """... whose SSLRequest differed from this client's, so a fresh upstream replaced it."""
+        self.pooled = False
+        """The upstream is a parked connection: the client's login goes up as COM_CHANGE_USER (seq 0)."""
+        self._follower: ResponseFollower | None = None
+        self._unparkable: str | None = None
+        """Why this upstream must not be parked whatever the follower says (a failed COM_CHANGE_USER...)."""
 
     @property
     def state(self) -> State:
@@ -148,6 +161,7 @@ class MachineCore:
     def _take_greeting(self, frame: Frame) -> InitialHandshake:
         greeting = check_upstream_greeting(frame, require_tls=self.upstream_tls)
         self.greeting = greeting
+        self.greeting_payload = frame.payload
         self._nonce = greeting.nonce
         if self._rsa is not None:
             self._rsa.server_version = greeting.server_version
@@ -160,9 +174,10 @@ class MachineCore:
             raise ServerProtocolError("upstream sent unexpected data after its greeting")
 
     def _send_client_response_upstream(self) -> list[Effect]:
-        """Forward the client's HandshakeResponse: seq 2 after an SSLRequest, 1 without TLS."""
+        """Forward the client's HandshakeResponse: seq 2 after an SSLRequest, 1 without TLS; on a pooled
+        upstream, as COM_CHANGE_USER at seq 0 (PROTOCOL.md §6)."""
         assert self.client_response is not None
-        self._server_seq = 2 if self.upstream_tls else 1
+        self._server_seq = 0 if self.pooled else 2 if self.upstream_tls else 1
         if (
             self._rsa is not None
             and self.auth_plugin == AuthPlugin.SHA256
@@ -172,15 +187,26 @@ class MachineCore:
             step = self._rsa.initial_response(self.client_response.auth_response, self._nonce)
             if step is not None:
                 return [self._carry_out(step)]
-        return [self._to_server(self._client_response_payload)]
+        return [self._to_server(self._login_payload(self._client_response_payload))]
+
+    def _login_payload(self, response_payload: bytes) -> bytes:
+        """What asks upstream to log this client in: its HandshakeResponse, or on a pooled upstream the
+        COM_CHANGE_USER made of it (user, auth data, database, collation, plugin, attributes)."""
+        if not self.pooled:
+            return response_payload
+        try:
+            return change_user_from_response(response_payload, parse_handshake_response(response_payload))
+        except ValueError:
+            raise AuthEmulationError("the client's auth data is too long for COM_CHANGE_USER (at most 255 bytes); "
+                                     "set upstream_pool: 0 on this route") from None
 
     def _carry_out(self, step: ToClient | ToServer | PasswordInResponse) -> SendToClient | SendToServer:
         if isinstance(step, ToClient):
             return self._to_client(step.payload)
         if isinstance(step, ToServer):
             return self._to_server(step.payload)
-        return self._to_server(self._response_with_auth(
-            step.password + b"\x00", "the password is too long for this client's handshake format (a 1-byte auth length)"))
+        return self._to_server(self._login_payload(self._response_with_auth(
+            step.password + b"\x00", "the password is too long for this client's handshake format (a 1-byte auth length)")))
 
     def _response_with_auth(self, auth_response: bytes, too_long: str) -> bytes:
         assert self.client_response is not None

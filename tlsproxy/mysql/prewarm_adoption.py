@@ -6,6 +6,11 @@ and charset come from the SSLRequest), the machine asks for a fresh upstream (`R
 upgrades it with the client's own SSLRequest, and has the client answer that connection's nonce through
 an AuthSwitchRequest, whose answer replaces the auth data in the held HandshakeResponse (states
 REPLACING, REPLACEMENT_TLS_PENDING, REAUTH), as MySQL Router does when it cannot use the first greeting.
+
+A pooled upstream (a parked, reset connection: `tlsproxy.upstream_pool`) is adopted the same way; the
+client's login then goes up as COM_CHANGE_USER (`MachineCore._login_payload`). When its SSLRequest prefix
+does not fit, the driver either connects a fresh upstream as above or finds a parked connection that
+fits (`use_pooled_replacement`: REPLACING to AUTH, the server's own AuthSwitchRequest brings its nonce).
 """
 
 from __future__ import annotations
@@ -35,13 +40,44 @@ class PrewarmAdoption(MachineCore):
         self._warm_ssl_request = ssl_request
         return self._step(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
 
+    def adopt_pooled_upstream(self, greeting_payload: bytes, ssl_request: bytes) -> list[Effect]:
+        """Start with a parked upstream connection (`tlsproxy.upstream_pool`): authenticated for an earlier
+        client, then reset. Its own greeting goes to the client (server version, thread id, nonce); if
+        the client's SSLRequest prefix is the one the connection was opened with, its HandshakeResponse
+        goes up as COM_CHANGE_USER (seq 0), and whatever the server answers continues the client's login
+        (PROTOCOL.md §6). If not, `ReplaceUpstream`, as for a prewarmed connection."""
+        if self._state is not State.GREETING or not self.upstream_tls:
+            raise RuntimeError(f"adopt_pooled_upstream in state {self._state}")
+        self.pooled = True
+        self._warm_ssl_request = ssl_request
+        return self._step(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
+
+    def use_pooled_replacement(self, greeting_payload: bytes) -> list[Effect]:
+        """After `ReplaceUpstream`, a parked connection opened with this client's own SSLRequest: the
+        client's HandshakeResponse goes up as COM_CHANGE_USER. Its auth data answered another
+        connection's nonce, but for a CLIENT_PLUGIN_AUTH client (required to get here) both servers
+        discard it and start with an AuthSwitchRequest carrying this connection's nonce (PROTOCOL.md §6)."""
+        if self._state is not State.REPLACING:
+            raise RuntimeError(f"use_pooled_replacement in state {self._state}")
+
+        def step() -> list[Effect]:
+            self._take_greeting(Frame(0, greeting_payload))
+            self.pooled = True
+            self.prewarm_mismatch = False
+            self._set_state(State.AUTH)
+            return self._send_client_response_upstream()
+
+        return self._step(step, ServerProtocolError, "upstream")
+
     def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
         if not response.capability_flags & Capability.PLUGIN_AUTH:
+            what, key = ("pooled", "upstream_pool") if self.pooled else ("prewarmed", "prewarm")
             raise ClientCapabilityError(
-                "this client's capabilities differ from the prewarmed upstream connection's, and it cannot "
-                "answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set prewarm: 0 on this route",
+                f"this client's capabilities differ from the {what} upstream connection's, and it cannot "
+                f"answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set {key}: 0 on this route",
             )
         self.prewarm_mismatch = True
+        self.pooled = False
         self._warm_ssl_request = None
         self._server_frames = FrameBuffer(self._max_packet)
         self._set_state(State.REPLACING)

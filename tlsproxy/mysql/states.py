@@ -27,9 +27,10 @@ class State(enum.Enum):
 TRANSITIONS: tuple[tuple[State, str, State], ...] = (
     (State.GREETING, "server greeting (or an adopted prewarmed one)", State.CLIENT_RESPONSE),
     (State.CLIENT_RESPONSE, "client response: SSLRequest sent", State.TLS_PENDING),
-    (State.CLIENT_RESPONSE, "client response, TLS off or already up", State.AUTH),
+    (State.CLIENT_RESPONSE, "client response, TLS off or already up (pooled: as COM_CHANGE_USER)", State.AUTH),
     (State.CLIENT_RESPONSE, "client response unlike the prewarmed one", State.REPLACING),
     (State.REPLACING, "fresh upstream's greeting: SSLRequest sent", State.REPLACEMENT_TLS_PENDING),
+    (State.REPLACING, "a pooled upstream that fits: COM_CHANGE_USER sent", State.AUTH),
     (State.TLS_PENDING, "tls_established: response sent up", State.AUTH),
     (State.REPLACEMENT_TLS_PENDING, "tls_established: AuthSwitchRequest sent", State.REAUTH),
     (State.REAUTH, "client's auth data: response sent up", State.AUTH),
