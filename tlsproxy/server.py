@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = socket.SOMAXCONN
 TRIM_INTERVAL_SECONDS = 30.0
+POOL_CLOSE_SECONDS = 1.0
+"""At shutdown, how long parked upstream connections get to quit and close cleanly."""
 """asyncio's default of 100 overflows when a few thousand clients connect at once (a pool reconnecting
 after a failover): the kernel drops the SYNs and each of those clients waits a 1 s retransmit."""
 
@@ -419,6 +421,9 @@ class Proxy:
                 listener.runtime.prewarm.close()
             if listener.runtime.upstream_pool is not None:
                 listener.runtime.upstream_pool.close()
+        for listener in self.listeners:
+            if listener.runtime.upstream_pool is not None:
+                await listener.runtime.upstream_pool.wait_closed(POOL_CLOSE_SECONDS)
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while self.active_connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)

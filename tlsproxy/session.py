@@ -23,6 +23,7 @@ from tlsproxy.errors import HandshakeTimeoutError, TlsProxyError, UpstreamLostEr
 from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.handshake import (
     AuthKey,
+    State,
     ClientQuit,
     CloseConnection,
     Effect,
@@ -88,6 +89,8 @@ class Session:
         self._uses = 1
         """Clients the upstream connection has served, this one included."""
         self._park_tried = False
+        self._pooled_gone = False
+        """The pooled upstream closed before the server answered this client (`_pooled_upstream_gone`)."""
         self._opened_with: bytes | None = None
         """The SSLRequest a pooled upstream was opened with (a fresh one's is the machine's `ssl_request`)."""
         self.client: asyncio.Transport | None = None
@@ -203,9 +206,14 @@ class Session:
         connection that fits, or a fresh one."""
         pool = self.runtime.upstream_pool
         if self._pooled is not None and pool is not None:
-            pool.count(PoolEvent.MISMATCH)
-            pool.give_back(self._pooled)  # unused: still reset, still clean
+            if self._pooled_gone:
+                pool.count(PoolEvent.CLOSED_BY_SERVER)
+                self._pooled.close()
+            else:
+                pool.count(PoolEvent.MISMATCH)
+                pool.give_back(self._pooled)  # unused: still reset, still clean
             self._pooled = self._opened_with = None
+            self._pooled_gone = False
             self._uses = 1
             self.stats.reused = False
         else:
@@ -369,7 +377,25 @@ class Session:
             lambda: self.close("upstream did not close after COM_QUIT", outcome=Outcome.ABORTED, closed_by="client"))
         return True
 
+    def _pooled_upstream_gone(self) -> bool:
+        """The pooled upstream closed before the server answered this client's login: go on with another
+        upstream, the client none the wiser (`HandshakeMachine.pooled_upstream_lost`)."""
+        if self._pooled is None or self._pooled_gone or self._closed:
+            return False
+        effects = self.machine.pooled_upstream_lost()
+        if not effects and self.machine.state is not State.CLIENT_RESPONSE:
+            return False
+        self._pooled_gone = True
+        if self.upstream is not None:
+            self.upstream.set_protocol(asyncio.Protocol())  # its late callbacks are not ours
+            self.upstream.abort()
+        self.upstream = None
+        self._run_machine(lambda: effects)
+        return True
+
     def server_eof(self) -> bool:
+        if self._pooled_upstream_gone():
+            return False
         self._server_eof = True
         if not self.machine.logged_in:
             self.fail(UpstreamLostError("upstream closed the connection during the handshake"))
@@ -390,7 +416,7 @@ class Session:
                        outcome=None if self.machine.logged_in else Outcome.CLIENT_GONE, closed_by="client")
 
     def server_lost(self, exc: Exception | None) -> None:
-        if self._closed:
+        if self._closed or self._pooled_upstream_gone():
             return
         if not self.machine.logged_in:
             self.fail(UpstreamLostError("lost the upstream connection during the handshake"))

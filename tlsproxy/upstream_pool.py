@@ -71,18 +71,33 @@ class PooledUpstream:
     uses: int = 1
     """Clients this connection has served (the first login included)."""
 
-    def close(self) -> None:
-        """Quit politely (the server logs a quit, not an aborted connection) and close."""
+    def close(self) -> "asyncio.Future[None] | None":
+        """Quit politely (the server logs a quit, not an aborted connection) and close; the future is done
+        once the connection is gone (None: it was closing already)."""
         transport = self.transport
         if self.protocol is not None:
             self.protocol.cancel_timer()
-        if not transport.is_closing():
-            transport.set_protocol(asyncio.Protocol())  # no callbacks into the pool any more
-            try:
-                transport.write(QUIT_FRAME)
-            except Exception:  # pragma: no cover - a transport that broke under us
-                pass
-            transport.close()
+        if transport.is_closing():
+            return None
+        closing = _Closing()
+        transport.set_protocol(closing)  # no callbacks into the pool any more
+        try:
+            transport.write(QUIT_FRAME)
+        except Exception:  # pragma: no cover - a transport that broke under us
+            pass
+        transport.close()
+        return closing.gone
+
+
+class _Closing(asyncio.Protocol):
+    """A pooled connection on its way out: COM_QUIT sent, the TLS close under way."""
+
+    def __init__(self) -> None:
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
 
 
 class _ParkedProtocol(asyncio.BufferedProtocol):
@@ -147,6 +162,7 @@ class UpstreamPool:
         self._metrics = metrics
         self._idle: list[PooledUpstream] = []
         """Parked connections, the newest last."""
+        self._closing: set[asyncio.Future[None]] = set()
         self._resetting: set[int] = set()
         """ids of the connections whose reset is under way."""
         self._closed = False
@@ -229,7 +245,16 @@ class UpstreamPool:
         """Stop parking, and close every parked connection (shutdown, or a TLS reload)."""
         self._closed = True
         while self._idle:
-            self._idle.pop().close()
+            gone = self._idle.pop().close()
+            if gone is not None:
+                self._closing.add(gone)
+                gone.add_done_callback(self._closing.discard)
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Until the connections `close` quit are gone (at most `timeout`): a shutdown lets the server
+        see COM_QUIT and the TLS close instead of a vanished peer."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout)
 
     # ---- what the parked connections report ----------------------------------------------------
 

@@ -17,6 +17,7 @@ import pymysql
 import pytest
 
 from tests.conftest import NATIVE, PLAIN, SECOND, TEST_DATABASE, Account
+from tests.support.faults import TO_SERVER, Fault, FaultRelay
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route, metric_value, wait_for
 from tlsproxy.demo.mariadb import MariaDBServer
@@ -163,3 +164,22 @@ def test_a_client_that_leaves_mid_result_is_not_parked(proxy: ProxyThread) -> No
     time.sleep(0.5)
     assert idle(proxy) == 0
     assert pool_event(proxy, "in_flight") == 1
+
+
+def test_a_parked_connection_dropped_on_the_way_is_replaced_without_an_error(
+        mariadb: MariaDBServer, pki: TestPki, event_loop_name: str) -> None:
+    """A firewall or NAT that forgot the parked connection: it answers the proxy's next write with an RST.
+    The client that got that connection's greeting still logs in, on a fresh upstream."""
+    with FaultRelay(mariadb.port) as relay:
+        route = make_route(relay.port, ca_file=pki.ca, name="pool")
+        with ProxyThread(dataclasses.replace(route, upstream_pool=2), event_loop=event_loop_name) as proxy:
+            with connect(proxy.port) as first:
+                first_id = one(first, "SELECT CONNECTION_ID()")
+            assert wait_for(lambda: idle(proxy) == 1, 5)
+            relay.links[-1].apply(Fault("reset", direction=TO_SERVER))  # RST at the proxy's next write
+            with connect(proxy.port, SECOND) as second:
+                assert one(second, "SELECT CURRENT_USER()") == f"{SECOND.user}@%"
+                assert one(second, "SELECT CONNECTION_ID()") != first_id
+            assert relay.links[0].triggered.is_set()
+            assert pool_event(proxy, "closed_by_server") == 1
+            assert pool_event(proxy, "reused") == 0

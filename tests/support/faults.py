@@ -138,6 +138,10 @@ class Link:
             self.relay.stopping.wait()  # read nothing more until the relay stops
         elif fault.kind == "reset":
             self.proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            try:
+                self.server_side.shutdown(socket.SHUT_RDWR)  # wakes the other direction's pump from recv
+            except OSError:
+                pass
             self.proxy_side.close()
             self.server_side.close()
         else:

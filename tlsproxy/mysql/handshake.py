@@ -260,8 +260,8 @@ class HandshakeMachine(PrewarmAdoption):
             raise ClientProtocolError(CLIENT_DATA_BEFORE_ANSWER)
         self.ssl_request = ssl_request_for(patched)
         if self._warm_ssl_request is not None:
-            fits = (pool_key(self.ssl_request) == pool_key(self._warm_ssl_request) if self.pooled
-                    else self.ssl_request == self._warm_ssl_request)
+            fits = (pool_key(self.ssl_request) == pool_key(self._warm_ssl_request) and not self._upstream_gone
+                    if self.pooled else self.ssl_request == self._warm_ssl_request)
             if fits:
                 self._set_state(State.AUTH)  # TLS is up already
                 return self._send_client_response_upstream()

@@ -84,6 +84,8 @@ class MachineCore:
         """... whose SSLRequest differed from this client's, so a fresh upstream replaced it."""
         self.pooled = False
         """The upstream is a parked connection: the client's login goes up as COM_CHANGE_USER (seq 0)."""
+        self._upstream_gone = False
+        """The pooled upstream closed while the client was answering its greeting."""
         self._follower: ResponseFollower | None = None
         self._unparkable: str | None = None
         """Why this upstream must not be parked whatever the follower says (a failed COM_CHANGE_USER...)."""

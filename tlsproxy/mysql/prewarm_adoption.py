@@ -69,6 +69,31 @@ class PrewarmAdoption(MachineCore):
 
         return self._step(step, ServerProtocolError, "upstream")
 
+    def pooled_upstream_lost(self) -> list[Effect]:
+        """The pooled upstream closed before the server answered anything for this client (a connection a
+        firewall dropped while parked, seen only now): go on with another upstream as if the parked one
+        had not fit (`ReplaceUpstream`), so the client sees no error. [] when that is no longer possible
+        (the server or the proxy already answered the client): the driver fails the connection as usual."""
+        if not self.pooled or self._state is State.CLOSED:
+            return []
+        if self._state is State.CLIENT_RESPONSE:
+            self._upstream_gone = True  # the client's response asks for another upstream (`ReplaceUpstream`)
+            return []
+        if self._state is not State.AUTH or self._server_seq != 1 or self._client_seq != 2:
+            return []
+        assert self.client_response is not None
+        if not self.client_response.capability_flags & Capability.PLUGIN_AUTH:
+            return []
+        self.pooled = False
+        self.prewarm_mismatch = True
+        self._warm_ssl_request = None
+        self._server_frames = FrameBuffer(self._max_packet)
+        if self._rsa is not None:
+            self._rsa.finished()
+        self._auth_packets = 0
+        self._set_state(State.REPLACING)
+        return [ReplaceUpstream("the pooled upstream connection was gone")]
+
     def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
         if not response.capability_flags & Capability.PLUGIN_AUTH:
             what, key = ("pooled", "upstream_pool") if self.pooled else ("prewarmed", "prewarm")

@@ -35,6 +35,7 @@ TRANSITIONS: tuple[tuple[State, str, State], ...] = (
     (State.REPLACEMENT_TLS_PENDING, "tls_established: AuthSwitchRequest sent", State.REAUTH),
     (State.REAUTH, "client's auth data: response sent up", State.AUTH),
     (State.AUTH, "server OK: StartRelay", State.RELAY),
+    (State.AUTH, "pooled upstream gone before its first answer", State.REPLACING),
     (State.RELAY, "client COM_CHANGE_USER", State.CHANGE_USER_SENT),
     (State.CHANGE_USER_SENT, "server's first answer", State.CHANGE_USER),
     (State.CHANGE_USER, "server OK or ERR", State.RELAY),
