@@ -42,6 +42,7 @@ class RouteLimits(Protocol):
     name: str
     max_connections: int
     prewarm: int
+    upstream_pool: int
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,14 @@ def raise_open_files_limit() -> OpenFilesLimit:
 
 
 def descriptors_needed(routes: Iterable[RouteLimits]) -> int:
-    """Descriptors for every route at max_connections, with its prewarmed connections, and the spare."""
-    return SPARE + sum(route.max_connections * PER_CONNECTION + route.prewarm for route in routes)
+    """Descriptors for every route at max_connections, with its prewarmed and parked connections, and the
+    spare."""
+    return SPARE + sum(route.max_connections * PER_CONNECTION + _held(route) for route in routes)
+
+
+def _held(route: RouteLimits) -> int:
+    """Upstream connections a route holds with no client: prewarmed and parked ones."""
+    return route.prewarm + route.upstream_pool
 
 
 def startup_report(limit: OpenFilesLimit, routes: Iterable[RouteLimits]) -> tuple[str, str | None]:
@@ -87,10 +94,10 @@ def startup_report(limit: OpenFilesLimit, routes: Iterable[RouteLimits]) -> tupl
     if limit.soft == resource.RLIM_INFINITY or needed <= limit.soft:
         return info, None
     allowed = sum(route.max_connections for route in routes)
-    fits = max(0, (limit.soft - SPARE - sum(route.prewarm for route in routes)) // PER_CONNECTION)
+    fits = max(0, (limit.soft - SPARE - sum(_held(route) for route in routes)) // PER_CONNECTION)
     detail = ", ".join(f"{route.name} {route.max_connections}" for route in routes)
     warning = (f"open files limit {figure} fits about {fits} connections, but max_connections allows {allowed} "
-               f"({detail}; {PER_CONNECTION} descriptors per connection, plus prewarm and {SPARE} spare: {needed} "
+               f"({detail}; {PER_CONNECTION} descriptors per connection, plus prewarm, upstream_pool and {SPARE} spare: {needed} "
                f"needed). Clients past the limit get ERR 1040 'out of file descriptors'. Raise the hard limit "
                f"(LimitNOFILE= in a systemd unit, ulimit -Hn, the container runtime's nofile ulimit) or lower "
                f"max_connections.")

@@ -183,3 +183,28 @@ def test_a_parked_connection_dropped_on_the_way_is_replaced_without_an_error(
             assert relay.links[0].triggered.is_set()
             assert pool_event(proxy, "closed_by_server") == 1
             assert pool_event(proxy, "reused") == 0
+
+
+def status(mariadb: MariaDBServer, name: str) -> int:
+    return int(mariadb.sql(f"SHOW GLOBAL STATUS LIKE '{name}'")[0][1])
+
+
+def process(mariadb: MariaDBServer, connection_id: int) -> list[str]:
+    return mariadb.sql(f"SELECT USER, COMMAND FROM information_schema.PROCESSLIST WHERE ID = {connection_id}")[0]
+
+
+def test_what_the_server_sees_of_the_pool(proxy: ProxyThread, mariadb: MariaDBServer) -> None:
+    """For README's "Upstream pool": a reuse is a COM_CHANGE_USER, not a connection; a parked connection
+    is still logged in as its last client's user (it counts toward that user's max_user_connections)."""
+    with connect(proxy.port) as first:
+        parked_id = one(first, "SELECT CONNECTION_ID()")
+    assert wait_for(lambda: idle(proxy) == 1, 5)
+    assert process(mariadb, parked_id) == [NATIVE.user, "Sleep"]
+    before = status(mariadb, "Connections")
+    with connect(proxy.port, SECOND) as second:
+        assert one(second, "SELECT CONNECTION_ID()") == parked_id
+    assert wait_for(lambda: idle(proxy) == 1, 5)
+    # MariaDB 10.11 has no Com_change_user or Com_reset_connection counter; a reuse is not a connection
+    # (the one more is the admin client of the next mariadb.sql call).
+    assert status(mariadb, "Connections") == before + 1
+    assert process(mariadb, parked_id) == [SECOND.user, "Sleep"]

@@ -50,6 +50,9 @@ __all__ = [
     "merge_effects",
     "run_steps",
     "bytewise",
+    "AdoptPooled",
+    "UsePooledReplacement",
+    "pooled_upstream_lost",
 ]
 
 
@@ -125,7 +128,41 @@ server = _Source(ServerData)
 client = _Source(ClientData)
 tls_established = TlsEstablished()
 
-Step = Union[ServerData, ClientData, TlsEstablished, AdoptPrewarmed]
+@dataclass(frozen=True)
+class AdoptPooled:
+    """The driver hands the machine a parked upstream: its greeting and the SSLRequest it was opened with."""
+
+    greeting_payload: bytes
+    ssl_request: bytes
+
+    def __repr__(self) -> str:
+        return f"adopt_pooled({_show(self.greeting_payload)}, {_show(self.ssl_request)})"
+
+
+@dataclass(frozen=True)
+class UsePooledReplacement:
+    """After ReplaceUpstream, the driver found a parked upstream that fits: its greeting."""
+
+    greeting_payload: bytes
+
+    def __repr__(self) -> str:
+        return f"use_pooled_replacement({_show(self.greeting_payload)})"
+
+
+@dataclass(frozen=True)
+class PooledUpstreamLost:
+    """The pooled upstream closed before the server answered anything for this client."""
+
+    def __repr__(self) -> str:
+        return "pooled_upstream_lost"
+
+
+pooled_upstream_lost = PooledUpstreamLost()
+
+Step = Union[ServerData, ClientData, TlsEstablished, AdoptPrewarmed, AdoptPooled, UsePooledReplacement,
+             PooledUpstreamLost]
+STEP_TYPES = (ServerData, ClientData, TlsEstablished, AdoptPrewarmed, AdoptPooled, UsePooledReplacement,
+              PooledUpstreamLost)
 
 
 @dataclass
@@ -182,6 +219,12 @@ def run_step(machine: HandshakeMachine, step: Step, chunker: Chunker = whole) ->
         effects += machine.tls_established()
     elif isinstance(step, AdoptPrewarmed):
         effects += machine.adopt_prewarmed_upstream(step.greeting_payload, step.ssl_request)
+    elif isinstance(step, AdoptPooled):
+        effects += machine.adopt_pooled_upstream(step.greeting_payload, step.ssl_request)
+    elif isinstance(step, UsePooledReplacement):
+        effects += machine.use_pooled_replacement(step.greeting_payload)
+    elif isinstance(step, PooledUpstreamLost):
+        effects += machine.pooled_upstream_lost()
     else:
         receive = machine.receive_server_data if isinstance(step, ServerData) else machine.receive_client_data
         for piece in chunker(step.data):
@@ -229,7 +272,7 @@ class Playbook:
                 raise TypeError(f"`>> {self._pending_source!r} >>` needs bytes, got {step!r}")
             step = self._pending_source >> bytes(step)
             self._pending_source = None
-        if not isinstance(step, (ServerData, ClientData, TlsEstablished, AdoptPrewarmed)):
+        if not isinstance(step, STEP_TYPES):
             raise TypeError(f"not a step: {step!r}")
         self.expected.append(step)
         return self
@@ -246,7 +289,7 @@ class Playbook:
         i = self._executed
         while i < len(expected):
             step = expected[i]
-            if not isinstance(step, (ServerData, ClientData, TlsEstablished, AdoptPrewarmed)):
+            if not isinstance(step, STEP_TYPES):
                 self._fail(f"expected effect {_show_effect(step)} but no step produced it")
             i += 1
             self.actual.append(step)
@@ -257,7 +300,7 @@ class Playbook:
             for item in produced:
                 self.actual.append(item)  # type: ignore[arg-type]
                 want = expected[i] if i < len(expected) else None
-                if want is None or isinstance(want, (ServerData, ClientData, TlsEstablished)):
+                if want is None or isinstance(want, STEP_TYPES):
                     self._fail(f"unexpected {_show_effect(item)} after {step!r}")
                 if isinstance(want, raises):
                     if not isinstance(item, BaseException) or not want.matches(item):
@@ -271,7 +314,7 @@ class Playbook:
                 elif item != want:
                     self._fail(f"expected {_show_effect(want)}\n     got {_show_effect(item)}")
                 i += 1
-            if i < len(expected) and not isinstance(expected[i], (ServerData, ClientData, TlsEstablished)):
+            if i < len(expected) and not isinstance(expected[i], STEP_TYPES):
                 self._fail(f"expected {_show_effect(expected[i])} after {step!r}, but the step produced no more")
         self._executed = i
         return True
@@ -279,14 +322,14 @@ class Playbook:
     def _fail(self, message: str) -> None:
         lines = [message, "", "transcript (actual):"]
         for item in self.actual:
-            prefix = "    " if isinstance(item, (ServerData, ClientData, TlsEstablished)) else "      << "
+            prefix = "    " if isinstance(item, STEP_TYPES) else "      << "
             lines.append(prefix + (_show_effect(item) if not isinstance(item, BaseException) else repr(item)))
         raise AssertionError("\n".join(lines))
 
     # helpers for tests
     @property
     def steps(self) -> list[Step]:
-        return [s for s in self.expected if isinstance(s, (ServerData, ClientData, TlsEstablished))]
+        return [s for s in self.expected if isinstance(s, STEP_TYPES)]
 
     @property
     def expected_effects(self) -> list[Effect]:

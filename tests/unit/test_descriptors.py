@@ -24,6 +24,7 @@ class R:
     name: str = "main"
     max_connections: int = 1000
     prewarm: int = 0
+    upstream_pool: int = 0
 
 
 def test_the_figure_says_when_the_soft_limit_was_raised() -> None:
@@ -36,9 +37,9 @@ def test_the_figure_says_when_the_soft_limit_was_raised() -> None:
     assert info == "open files limit 1024 (raising it to the hard limit 4096 failed: not permitted)"
 
 
-def test_two_descriptors_per_connection_plus_prewarm_and_spare() -> None:
-    routes = [R("a", 1000, 0), R("b", 10, 4)]
-    assert descriptors_needed(routes) == descriptors.SPARE + 2000 + 20 + 4
+def test_two_descriptors_per_connection_plus_prewarm_pool_and_spare() -> None:
+    routes = [R("a", 1000, 0), R("b", 10, 4), R("c", 10, 0, 8)]
+    assert descriptors_needed(routes) == descriptors.SPARE + 2000 + 20 + 4 + 20 + 8
     needed = descriptors_needed(routes)
     assert startup_report(OpenFilesLimit(needed, needed, needed), routes)[1] is None
 
@@ -48,7 +49,7 @@ def test_a_limit_below_max_connections_is_warned_about_with_the_figures() -> Non
     assert warning is not None
     fits = (1024 - descriptors.SPARE) // 2
     assert warning.startswith(f"open files limit 1024 fits about {fits} connections, but max_connections allows 1000")
-    assert f"main 1000; 2 descriptors per connection, plus prewarm and {descriptors.SPARE} spare: " \
+    assert f"main 1000; 2 descriptors per connection, plus prewarm, upstream_pool and {descriptors.SPARE} spare: " \
            f"{2000 + descriptors.SPARE} needed" in warning
     assert "ERR 1040 'out of file descriptors'" in warning and "LimitNOFILE=" in warning
     _, warning = startup_report(OpenFilesLimit(soft=10, hard=10, before=10), [R()])
