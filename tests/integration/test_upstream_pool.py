@@ -33,6 +33,10 @@ def idle(proxy: ProxyThread) -> int:
     return proxy.call(lambda: len(proxy.proxy.listeners[0].runtime.upstream_pool))  # type: ignore[union-attr]
 
 
+def resetting(proxy: ProxyThread) -> int:
+    return proxy.call(lambda: proxy.proxy.listeners[0].runtime.upstream_pool.resetting)  # type: ignore[union-attr]
+
+
 def pooled_proxy(mariadb: MariaDBServer, pki: TestPki, *, event_loop: str = "uvloop", size: int = 2,
                  idle_timeout: float = 30.0) -> ProxyThread:
     route = make_route(mariadb.port, ca_file=pki.ca, name="pool")
@@ -147,7 +151,8 @@ def test_a_wrong_password_gets_the_servers_error_and_the_connection_is_not_parke
         connect(proxy.port, Account(NATIVE.user, "wrong"))
     assert refused.value.args[0] == 1045
     assert pool_event(proxy, "denied") == 1
-    assert idle(proxy) == 0  # closed, never parked again
+    assert wait_for(lambda: resetting(proxy) == 0, 5)  # no reset under way either...
+    assert idle(proxy) == 0 and pool_event(proxy, "parked") == 1  # ... closed, never parked again
     with connect(proxy.port, SECOND) as good:
         assert one(good, "SELECT CURRENT_USER()") == f"{SECOND.user}@%"
         assert one(good, "SELECT CONNECTION_ID()") != first_id
