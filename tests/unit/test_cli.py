@@ -349,3 +349,17 @@ def test_workers_from_the_file_the_environment_and_the_flag(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as error:
         config_from_args(parse(["run", "--upstream", "db:3306", "--workers", "0"]), {})
     assert error.value.key == "workers" and "from 1 to 256" in error.value.problem
+
+
+def test_upstream_pool_from_the_flags_and_the_environment() -> None:
+    args = build_parser().parse_args(["run", "--upstream", "db:3306", "--upstream-pool", "6",
+                                      "--upstream-pool-idle-timeout", "45s"])
+    route = config_from_args(args, {}).routes[0]
+    assert (route.upstream_pool, route.upstream_pool_idle_timeout) == (6, 45.0)
+    environ = {"TLSPROXY_UPSTREAM": "db:3306", "TLSPROXY_UPSTREAM_POOL": "3",
+               "TLSPROXY_UPSTREAM_POOL_IDLE_TIMEOUT": "10"}
+    route = config_from_args(build_parser().parse_args(["run"]), environ).routes[0]
+    assert (route.upstream_pool, route.upstream_pool_idle_timeout) == (3, 10.0)
+    with pytest.raises(ConfigError) as error:
+        config_from_args(build_parser().parse_args(["run"]), {**environ, "TLSPROXY_UPSTREAM_POOL": "lots"})
+    assert error.value.key == "TLSPROXY_UPSTREAM_POOL"

@@ -231,6 +231,11 @@ VALID: list[ValidCase] = [
     ("client cert and key", "{ssl_cert: /c.pem, ssl_key: /c.key}", lambda r: (r.tls.cert_file, r.tls.key_file),
      (Path("/c.pem"), Path("/c.key"))),
     ("name", "name: orders-db.primary_1", lambda r: r.name, "orders-db.primary_1"),
+    # upstream pool
+    ("pool default off", "upstream: db:3306", lambda r: (r.upstream_pool, r.upstream_pool_idle_timeout), (0, 30.0)),
+    ("pool size", "upstream_pool: 8", lambda r: r.upstream_pool, 8),
+    ("pool idle timeout", "{upstream_pool: 4, upstream_pool_idle_timeout: 2m}",
+     lambda r: (r.upstream_pool, r.upstream_pool_idle_timeout), (4, 120.0)),
 ]
 
 
@@ -354,6 +359,17 @@ INVALID: list[InvalidCase] = [
      "routes[1].listen", "unix:/run/t.sock is already used"),
     ("duplicate default listen", {"routes": [{"upstream": "a"}, {"upstream": "b"}]}, "routes[1].listen",
      "127.0.0.1:3306 is already used"),
+    # upstream pool
+    ("pool negative", one_route(upstream_pool=-1), "routes[0].upstream_pool", "from 0 (off) to 1000"),
+    ("pool too big", one_route(upstream_pool=1001), "routes[0].upstream_pool", "from 0 (off) to 1000"),
+    ("pool bool", one_route(upstream_pool=True), "routes[0].upstream_pool", "a whole number"),
+    ("pool text", one_route(upstream_pool="8"), "routes[0].upstream_pool", "a whole number"),
+    ("pool without TLS", one_route(upstream_pool=2, ssl_mode="DISABLED"), "routes[0].upstream_pool",
+     "needs an ssl_mode other than DISABLED"),
+    ("pool idle timeout 0", one_route(upstream_pool_idle_timeout=0), "routes[0].upstream_pool_idle_timeout",
+     "must be greater than 0"),
+    ("pool idle timeout word", one_route(upstream_pool_idle_timeout="soon"), "routes[0].upstream_pool_idle_timeout",
+     "expected seconds"),
     # top level
     ("log_level", {"routes": [{"upstream": "a"}], "log_level": "TRACE"}, "log_level", "allowed: DEBUG, INFO, WARNING, ERROR"),
     ("log_format", {"routes": [{"upstream": "a"}], "log_format": "xml"}, "log_format", "allowed: text, json"),
