@@ -9,6 +9,7 @@ Expected bytes come from the fixtures and the MySQL layouts, never from the code
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import ssl
@@ -25,6 +26,7 @@ from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.outcome import Outcome
 from tlsproxy.session import ClientSide, RouteRuntime, Session
 from tlsproxy.tls import UpstreamTls
+from tlsproxy.upstream_pool import UpstreamPool
 
 MASKED_CAPS = 0x00000800 | 0x40000000 | 0x00000020 | 0x04000000 | 0x10000000  # SSL, verify cert, compress, zstd, MFA
 OK_PACKET = b"\x00\x00\x00\x02\x00\x00\x00"
@@ -416,3 +418,131 @@ async def test_close_cancels_every_task_the_session_started(monkeypatch: pytest.
     await settle()
     assert all(task.cancelled() for task in started)
     assert end_line(caplog)["outcome"] == "aborted"
+
+
+# ---- the upstream pool (`upstream_pool`), `start_tls` faked ------------------------------------------------
+
+RESET_CONNECTION = bytes.fromhex("010000001f")
+QUIT = frame(0, b"\x01")
+DO_1 = frame(0, b"\x03DO 1")
+
+
+class PooledHarness(Harness):
+    """A Harness whose route pools upstream connections; `next_client` makes another session on the same
+    runtime (and pool), as the listener does for the next accepted client."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def fake_start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol, *args: object,
+                                 ) -> asyncio.Transport:
+            upgraded = FakeTransport(extra={"ssl_object": FakeSslObject()})
+            upgraded.set_protocol(protocol)
+            self.upstream = upgraded
+            return upgraded
+
+        monkeypatch.setattr(upstream, "start_tls", fake_start_tls)
+        super().__init__(route(tls=TlsSettings(), upstream_pool=2), upstream_tls=tls_runtime())
+        self.pool = UpstreamPool(self.route, self.metrics)
+        self.runtime = dataclasses.replace(self.session.runtime, upstream_pool=self.pool)
+        self.next_client()
+
+    def next_client(self) -> None:
+        self.session = Session(self.runtime, 7 + len(self.closed), self.closed.append)
+        self.client = FakeTransport()
+        self.client_side = ClientSide(self.session)
+
+    def parked_sends(self, data: bytes) -> None:
+        """Bytes from the server to a connection the pool holds."""
+        assert self.upstream is not None
+        protocol = self.upstream.protocol
+        assert isinstance(protocol, asyncio.BufferedProtocol)
+        view = protocol.get_buffer(len(data))
+        view[: len(data)] = data
+        protocol.buffer_updated(len(data))
+
+
+def ssl_request_of(response: bytes) -> bytes:
+    return with_caps(response[:32], (int.from_bytes(response[:4], "little") & ~MASKED_CAPS) | 0x800)
+
+
+async def first_login_then_quit(h: PooledHarness, *, answer: bytes = frame(1, OK_PACKET)) -> FakeTransport:
+    """The first client: a fresh upstream, TLS, a login, `DO 1` answered, then COM_QUIT."""
+    await h.accept()
+    h.server_sends(frame(0, G.MARIADB_10_11_CAPTURED.payload))
+    h.client.take()
+    response = R.CONNECTORC_MARIADB_NODB.payload
+    h.client_sends(frame(1, response))
+    await settle()
+    h.server_sends(frame(3, OK_PACKET))
+    assert h.client.take() == frame(2, OK_PACKET)
+    h.client_sends(DO_1)
+    upgraded = h.upstream
+    assert upgraded is not None and upgraded.take() == frame(2, masked_response(response)) + DO_1
+    h.server_sends(answer)
+    h.client_sends(QUIT)
+    return upgraded
+
+
+@in_loop
+async def test_a_client_that_quits_leaves_its_upstream_reset_and_parked(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    h = PooledHarness(monkeypatch)
+    upgraded = await first_login_then_quit(h)
+    assert upgraded.take() == RESET_CONNECTION  # not COM_QUIT
+    assert not upgraded.closed and h.client.closed and h.closed == [h.session]
+    fields = end_line(caplog)
+    assert (fields["outcome"], fields["parked"], fields["reused"]) == ("ok", True, False)
+    assert len(h.pool) == 0 and h.pool.resetting == 1  # parked only after the OK
+    h.parked_sends(frame(1, OK_PACKET))
+    assert len(h.pool) == 1 and h.pool.resetting == 0
+    assert h.sample("tlsproxy_upstream_pool_events_total", outcome="parked") == 1
+    h.pool.close()
+
+
+@in_loop
+async def test_the_next_client_logs_in_on_the_parked_connection_through_com_change_user(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    h = PooledHarness(monkeypatch)
+    upgraded = await first_login_then_quit(h)
+    h.parked_sends(frame(1, OK_PACKET))
+    upgraded.take()
+    caplog.clear()
+    h.next_client()
+    await h.accept()
+    assert h.dialed == [("db.internal", 3306)]  # no second connect
+    assert h.client.take() == frame(0, masked_greeting(G.MARIADB_10_11_CAPTURED))  # the parked one's own
+    response = R.CONNECTORC_MARIADB_NODB.payload
+    h.client_sends(frame(1, response))
+    sent = upgraded.take()
+    # COM_CHANGE_USER at seq 0: 0x11, user, the auth data with a 1-byte length, no database, the charset
+    # (2 bytes), the plugin, then the client's attributes (PROTOCOL.md §6).
+    scramble = R.SCRAMBLE_NATIVE_MARIADB
+    assert sent[3] == 0
+    assert sent[4:].startswith(b"\x11app\x00" + bytes((len(scramble),)) + scramble + b"\x00"
+                               + bytes((response[8], 0)) + b"mysql_native_password\x00")
+    assert sent.endswith(b"program_name\x05mysql\x0c_server_host\t127.0.0.1")
+    switch = b"\xfemysql_native_password\x00" + G.MARIADB_10_11_CAPTURED.nonce + b"\x00"
+    h.parked_sends(frame(1, switch))  # the session's protocol now; the helper feeds whatever is set
+    assert h.client.take() == frame(2, switch)
+    h.client_sends(frame(3, bytes(20)))
+    assert upgraded.take() == frame(2, bytes(20))
+    h.parked_sends(frame(3, OK_PACKET))
+    assert h.client.take() == frame(4, OK_PACKET)
+    assert h.sample("tlsproxy_upstream_pool_events_total", outcome="reused") == 1
+    assert h.sample("tlsproxy_handshake_duration_seconds_count", phase="change_user") == 1
+    assert h.sample("tlsproxy_handshake_duration_seconds_count", phase="auth") == 1  # the first client's
+    assert h.sample("tlsproxy_tls_handshakes_total", version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384",
+                    resumed="no") == 1  # no second handshake counted
+    h.session.close("test over")
+    assert end_line(caplog)["reused"] is True
+    h.pool.close()
+
+
+@in_loop
+async def test_a_client_that_quits_with_a_command_unanswered_is_not_parked(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    h = PooledHarness(monkeypatch)
+    upgraded = await first_login_then_quit(h, answer=b"")  # `DO 1` never answered
+    assert upgraded.take() == QUIT  # passed on, as without a pool
+    assert h.pool.resetting == 0 and len(h.pool) == 0
+    assert h.sample("tlsproxy_upstream_pool_events_total", outcome="in_flight") == 1
+    h.session.close("test over")
