@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 from tlsproxy import __version__, certs
 from tlsproxy.admin import AdminServer
 from tlsproxy.check import run_check
-from tlsproxy.config import ConfigError, ProxyConfig, load_config_file, parse_config, validate_security
+from tlsproxy.config import ConfigError, ProxyConfig, parse_config, validate_security
+from tlsproxy.config_file import load_config_file
 from tlsproxy.demo.run import run_demo
 from tlsproxy.lifecycle import ProxyService, StopRequests, run_event_loop, run_until_stopped
 from tlsproxy.logs import setup_logging

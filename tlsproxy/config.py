@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 
 class ConfigError(Exception):
@@ -184,7 +183,7 @@ def parse_listen_address(value: Any, key: str, mode: Any = None) -> ListenAddres
 
 
 def _parse_mode(value: Any, key: str) -> int:
-    """An octal file mode, as text ("0660"). `load_config_file` keeps an unquoted 0660 as text too; a
+    """An octal file mode, as text ("0660"). `config_file.load_config_file` keeps an unquoted 0660 as text too; a
     plain number such as 660 or 400 is refused rather than guessed (YAML reads it as decimal)."""
     if value is None:
         return 0o660
@@ -309,22 +308,13 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         if raw.get(text_key) is not None and not isinstance(raw.get(text_key), str):
             raise ConfigError(f"{key}.{text_key}", "expected a string")
     max_connections = _whole_number(raw.get("max_connections", 1000), f"{key}.max_connections")
-    prewarm = raw.get("prewarm", 0)
-    if isinstance(prewarm, bool) or not isinstance(prewarm, int) or not 0 <= prewarm <= 1000:
-        raise ConfigError(f"{key}.prewarm", "expected a whole number from 0 (off) to 1000")
-    if prewarm and mode is SslMode.DISABLED:
-        raise ConfigError(f"{key}.prewarm", "prewarming prepares TLS connections; it needs an ssl_mode other than DISABLED")
+    prewarm = _tls_connections(raw, "prewarm", key, mode, "prewarming prepares TLS connections")
     prewarm_max_age = _duration(raw.get("prewarm_max_age", 5), f"{key}.prewarm_max_age")
     assert prewarm_max_age is not None
     if prewarm_max_age > 9:
         raise ConfigError(f"{key}.prewarm_max_age", "at most 9 s: servers drop a connection that has not logged "
                                                     "in within connect_timeout (10 s by default)")
-    upstream_pool = raw.get("upstream_pool", 0)
-    if isinstance(upstream_pool, bool) or not isinstance(upstream_pool, int) or not 0 <= upstream_pool <= 1000:
-        raise ConfigError(f"{key}.upstream_pool", "expected a whole number from 0 (off) to 1000")
-    if upstream_pool and mode is SslMode.DISABLED:
-        raise ConfigError(f"{key}.upstream_pool", "the pool keeps TLS connections; it needs an ssl_mode other "
-                                                  "than DISABLED")
+    upstream_pool = _tls_connections(raw, "upstream_pool", key, mode, "the pool keeps TLS connections")
     pool_idle_timeout = _duration(raw.get("upstream_pool_idle_timeout", 30), f"{key}.upstream_pool_idle_timeout")
     assert pool_idle_timeout is not None
     return Route(
@@ -343,6 +333,16 @@ def parse_route(raw: Mapping[str, Any], key: str, *, base: Path | None = None, i
         upstream_pool=upstream_pool,
         upstream_pool_idle_timeout=pool_idle_timeout,
     )
+
+
+def _tls_connections(raw: Mapping[str, Any], name: str, key: str, mode: SslMode, why_tls: str) -> int:
+    """A count of upstream connections a route keeps (prewarm, upstream_pool): 0 (off) to 1000, and TLS."""
+    value = raw.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise ConfigError(f"{key}.{name}", "expected a whole number from 0 (off) to 1000")
+    if value and mode is SslMode.DISABLED:
+        raise ConfigError(f"{key}.{name}", f"{why_tls}; it needs an ssl_mode other than DISABLED")
+    return value
 
 
 def parse_config(raw: Any, *, base: Path | None = None) -> ProxyConfig:
@@ -403,43 +403,6 @@ def _check_unique(routes: tuple[Route, ...]) -> None:
         if where in listens and not where.endswith(":0"):
             raise ConfigError(f"routes[{i}].listen", f"{where} is already used by another route")
         listens.add(where)
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader that keeps scalars like 0660 as text: YAML 1.1 would read them as octal numbers,
-    and a file mode written that way is meant as the digits the user typed."""
-
-
-_ConfigLoader.yaml_implicit_resolvers = {
-    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_ConfigLoader.yaml_implicit_resolvers["0"].insert(0, ("tag:yaml.org,2002:str", re.compile(r"^0[0-7]+$")))
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping with a 'routes' list")
-    return data or {}
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line: PyYAML's own text spans several, with the offending line drawn under a caret."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"{exc.problem or exc.context or 'cannot parse'} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
 
 
 def validate_security(config: ProxyConfig) -> None:

@@ -138,11 +138,11 @@ class Link:
             self.relay.stopping.wait()  # read nothing more until the relay stops
         elif fault.kind == "reset":
             self.proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.proxy_side.close()  # the RST, before anything else could send a FIN on that socket
             try:
                 self.server_side.shutdown(socket.SHUT_RDWR)  # wakes the other direction's pump from recv
             except OSError:
                 pass
-            self.proxy_side.close()
             self.server_side.close()
         else:
             self._close_both()

@@ -27,11 +27,10 @@ from tlsproxy.config import (
     TcpAddress,
     TlsSettings,
     UnixAddress,
-    load_config_file,
-    load_yaml,
     parse_config,
     validate_security,
 )
+from tlsproxy.config_file import load_config_file, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.yaml"

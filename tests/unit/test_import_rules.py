@@ -167,6 +167,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "mysql.handshake": CORE,
     # leaves: nothing from the package
     "config": frozenset(),
+    "config_file": frozenset({"config"}),
     "logs": frozenset(),
     "allocator": frozenset(),
     "certs": frozenset(),
@@ -180,7 +181,9 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "connection_record": frozenset({"config", "metrics", "outcome"}),
     "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls"}),
     "upstream_pool": CORE | {"config", "metrics"},
-    "session": CORE | {"config", "metrics", "logs", "tls", "prewarm", "upstream", "upstream_pool", "connection_record"},
+    "session_upstream": CORE | {"config", "connection_record", "metrics", "prewarm", "tls", "upstream", "upstream_pool"},
+    "session": CORE | {"config", "metrics", "logs", "tls", "prewarm", "upstream", "upstream_pool", "connection_record",
+                       "session_upstream"},
     "acceptor": CORE | {"descriptors"},
     "server": CORE | {"acceptor", "allocator", "config", "descriptors", "metrics", "logs", "tls", "prewarm",
                       "session", "upstream", "upstream_pool", "connection_record"},
