@@ -161,7 +161,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "mysql.greeting": frozenset({"errors", "mysql.codec", "mysql.constants", "mysql.messages"}),
     "mysql.rsa_exchange": frozenset({"errors", "mysql.constants", "mysql.effects"}),
     "mysql.command_watcher": frozenset({"mysql.codec", "mysql.constants"}),
-    "mysql.response_follower": CORE,
+    "mysql.response_follower": frozenset({"mysql.constants"}),
     "mysql.machine_core": CORE,
     "mysql.prewarm_adoption": CORE,
     "mysql.handshake": CORE,

@@ -300,10 +300,11 @@ class HandshakeMachine(PrewarmAdoption):
         when the client leaves with nothing in flight (`parkable`)."""
         assert self.client_response is not None and self.greeting is not None
         client_flags = int.from_bytes(self._client_response_payload[:4], "little")
-        follower = ResponseFollower(
-            capability_flags=client_flags & self.greeting.capability_flags,
-            mariadb_extended_capabilities=(self.client_response.mariadb_extended_capabilities
-                                           & self.greeting.mariadb_extended_capabilities))
+        # MariaDB reads the client's extended capabilities only when its CLIENT_MYSQL bit (bit 0) is clear.
+        extended = 0 if client_flags & Capability.LONG_PASSWORD else (
+            self.client_response.mariadb_extended_capabilities & self.greeting.mariadb_extended_capabilities)
+        follower = ResponseFollower(capability_flags=client_flags & self.greeting.capability_flags,
+                                    mariadb_extended_capabilities=extended)
         self._follower = follower
         self._watcher = CommandWatcher(self._max_packet, on_command=follower.client_command)
 
