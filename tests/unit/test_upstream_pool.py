@@ -293,7 +293,7 @@ async def test_a_taken_connection_has_no_timer_left() -> None:
 async def test_data_from_the_server_while_parked_drops_the_connection_at_once() -> None:
     p = Pool()
     transport = p.parked()
-    # what MariaDB sends before closing an idle connection (wait_timeout): an unsolicited ERR 4031
+    # what MySQL 8.0.24+ sends before closing an idle connection (wait_timeout): an unsolicited ERR 4031
     transport.server_sends(bytes.fromhex("1d000000ff9f0f") + b"#HY000The client was disconnected")
     assert len(p.pool) == 0 and transport.closed and transport.written == QUIT
     assert p.events("closed_by_server") == 1 and p.pool.take() is None
