@@ -17,6 +17,7 @@ patched) fits connector's pure mode (CONNECT_WITH_DB does not count: `greeting.p
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from dataclasses import dataclass
@@ -134,6 +135,30 @@ def test_pymysql_and_connector_pure_log_in_on_each_others_connections(
         assert seen[-1].user == f"{account.user}@%" and seen[-1].rows == ROWS
     assert {s.connection_id for s in seen} == {seen[0].connection_id}
     assert pool_event(proxy, "reused") == 3 and pool_event(proxy, "mismatch") == 0
+
+
+def test_a_client_that_closes_its_socket_between_commands_leaves_its_connection_parked(proxy: ProxyThread) -> None:
+    client = open_client("pymysql", proxy.port, NATIVE)
+    first_id = rows(client, "SELECT CONNECTION_ID()")[0][0]
+    assert [(int(a), b) for a, b in rows(client, ROWS_SQL)] == ROWS
+    client._sock.shutdown(socket.SHUT_RDWR)  # no COM_QUIT; PyMySQL's reader file keeps the descriptor open
+    client._sock.close()
+    parked_after(proxy, 1)
+    assert session("pymysql", proxy.port, SECOND).connection_id == first_id
+
+
+def test_a_clients_own_reset_connection_then_quit_leaves_its_connection_parked(proxy: ProxyThread) -> None:
+    first = session("connector-pure", proxy.port, NATIVE)
+    parked_after(proxy, 1)
+    connection = open_client("connector-pure", proxy.port, NATIVE)
+    try:
+        rows(connection, "SELECT CONNECTION_ID()")
+        connection.cmd_reset_connection()
+        assert rows(connection, "SELECT CONNECTION_ID(), CURRENT_USER()") == [(first.connection_id, f"{NATIVE.user}@%")]
+    finally:
+        connection.close()
+    parked_after(proxy, 2)
+    assert session("connector-pure", proxy.port, SECOND).connection_id == first.connection_id
 
 
 # ---- a client's own COM_CHANGE_USER on a reused connection --------------------------------------------
@@ -268,6 +293,22 @@ def test_a_misfit_client_gets_a_fresh_connection_when_no_parked_one_fits(proxy: 
 
 
 # ---- a wrong password ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["mysql", "tlsproxy_no_such_db"])
+def test_a_login_to_a_database_it_may_not_use_is_the_servers_error_and_closes_the_connection(
+        proxy: ProxyThread, database: str) -> None:
+    """The COM_CHANGE_USER fails on the database: 1044 for both (an account without global rights is not
+    told that a database does not exist), as at connect; the connection is closed like after a wrong
+    password."""
+    parked_id = session("pymysql", proxy.port, NATIVE).connection_id
+    parked_after(proxy, 1)
+    with pytest.raises(pymysql.err.OperationalError) as refused:
+        open_client("pymysql", proxy.port, SECOND, database=database)
+    assert refused.value.args[0] == 1044
+    assert pool_event(proxy, "denied") == 1 and idle(proxy) == 0
+    good = session("pymysql", proxy.port, SECOND)
+    assert good.user == f"{SECOND.user}@%" and good.connection_id != parked_id
 
 
 def insert_target(mariadb: MariaDBServer) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import pymysql
 import pytest
 
-from tests.conftest import NATIVE, SECOND, mariadb_with_accounts
+from tests.conftest import NATIVE, PLAIN, SECOND, mariadb_with_accounts
 from tests.integration.test_mysql8_auth import (
     ALL,
     SHA2,
@@ -32,7 +32,9 @@ from tests.integration.test_upstream_pool import connect, one, pooled_proxy
 from tests.integration.test_workers import running, scrape, served_by_worker
 from tests.integration.test_workers import metric as sample
 from tests.support.mysql8_peer import PeerAccount, PeerThread
+from tests.support.faults import TO_SERVER, Fault, FaultRelay
 from tests.support.pki import TestPki
+from tests.support.rawclient import RawClient, frame
 from tests.support.proxy import ProxyThread, make_route, metric_value, shared_auth_key, wait_for
 from tlsproxy.demo.mariadb import MariaDBServer
 
@@ -129,6 +131,55 @@ def test_kill_of_a_parked_connection_drops_it_at_once(
     dropped_and_replaced(proxy, pool_log, parked_id)
 
 
+def test_kill_of_a_parked_connection_while_a_client_logs_in_on_it_costs_the_client_nothing(
+        own_mariadb: MariaDBServer, pki: TestPki, event_loop_name: str) -> None:
+    """The client has the parked connection's greeting and has answered it; the proxy's COM_CHANGE_USER
+    is held up on the way (a relay delays it 1 s) while the server kills the connection: the proxy sees
+    the close before any answer and logs the client in on a fresh connection (an AuthSwitchRequest with
+    that connection's nonce), the client none the wiser."""
+    with FaultRelay(own_mariadb.port) as relay:
+        route = make_route(relay.port, ca_file=pki.ca, name="pool")
+        with ProxyThread(dataclasses.replace(route, upstream_pool=2), event_loop=event_loop_name) as proxy:
+            parked_id = quit_and_park(proxy, 0)
+            relay.links[-1].apply(Fault("delay", direction=TO_SERVER, delay=1.0))
+            with RawClient(proxy.port) as client:
+                assert client.greeting.connection_id == parked_id
+                client.send(frame(1, client.handshake_response(NATIVE.user, NATIVE.password)))
+                own_mariadb.sql(f"KILL {parked_id}")
+                seq, switch = client.read_frame()
+                assert seq == 2 and switch.startswith(b"\xfemysql_native_password\0"), switch
+                assert switch[len(b"\xfemysql_native_password\0"):].rstrip(b"\0") != client.greeting.nonce
+                client.send(frame(3, client.auth_switch_answer(switch, NATIVE.password)))
+                seq, ok = client.read_frame()
+                assert (seq, ok[:1]) == (4, b"\x00"), ok
+                client.send(frame(0, b"\x03SELECT CONNECTION_ID()"))
+                assert client.read_frame()[1] == b"\x01"  # one column
+                client.read_frame()  # its definition
+                client.read_frame()  # EOF
+                row = client.read_frame()[1]
+                assert int(row[1:1 + row[0]]) != parked_id
+            assert relay.links[0].triggered.is_set()
+            assert event(proxy, "closed_by_server") == 1 and event(proxy, "reused") == 0
+
+
+def test_kill_of_a_parked_connection_after_a_client_got_its_greeting_costs_the_client_nothing(
+        proxy: ProxyThread, own_mariadb: MariaDBServer) -> None:
+    """The server closes the connection between its greeting reaching the client and the client's answer:
+    the answer asks for another upstream, and the client logs in there."""
+    parked_id = quit_and_park(proxy, 0)
+    with RawClient(proxy.port) as client:
+        assert client.greeting.connection_id == parked_id
+        own_mariadb.sql(f"KILL {parked_id}")
+        assert wait_for(lambda: gone(own_mariadb, parked_id), 5)
+        client.send(frame(1, client.handshake_response(SECOND.user, SECOND.password)))
+        seq, switch = client.read_frame()
+        assert seq == 2 and switch.startswith(b"\xfemysql_native_password\0"), switch  # the fresh nonce
+        client.send(frame(3, client.auth_switch_answer(switch, SECOND.password)))
+        seq, ok = client.read_frame()
+        assert (seq, ok[:1]) == (4, b"\x00"), ok
+    assert event(proxy, "closed_by_server") == 1 and event(proxy, "reused") == 0
+
+
 def test_kill_of_a_reused_connection_under_a_client_is_an_error_for_that_client_only(
         proxy: ProxyThread, own_mariadb: MariaDBServer) -> None:
     parked_id = quit_and_park(proxy, 0)
@@ -148,6 +199,60 @@ def test_kill_of_a_reused_connection_under_a_client_is_an_error_for_that_client_
     with connect(proxy.port) as next_client:
         assert one(next_client, "SELECT CURRENT_USER()") == f"{NATIVE.user}@%"
         assert one(next_client, "SELECT CONNECTION_ID()") != parked_id
+
+
+# ---- the pool's own closes: COM_QUIT first ---------------------------------------------------------------
+
+
+def aborted_clients(server: MariaDBServer) -> int:
+    """Connections the server saw end without COM_QUIT."""
+    (_, value), = server.sql("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")
+    return int(value)
+
+
+def gone(server: MariaDBServer, connection_id: int) -> bool:
+    return not server.sql(f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID = {connection_id}")
+
+
+def test_the_control_a_client_gone_without_com_quit_is_an_aborted_client(own_mariadb: MariaDBServer) -> None:
+    before = aborted_clients(own_mariadb)
+    with RawClient(own_mariadb.port) as client:  # PLAIN needs no TLS
+        client.send(frame(1, client.handshake_response(PLAIN.user, PLAIN.password)))
+        assert client.read_frame()[1][:1] == b"\x00"
+        connection_id = client.greeting.connection_id
+    assert wait_for(lambda: gone(own_mariadb, connection_id), 5)
+    assert aborted_clients(own_mariadb) == before + 1
+
+
+def test_an_expired_parked_connection_quits_politely(own_mariadb: MariaDBServer, pki: TestPki,
+                                                     event_loop_name: str) -> None:
+    with pooled_proxy(own_mariadb, pki, event_loop=event_loop_name, idle_timeout=0.3) as proxy:
+        before = aborted_clients(own_mariadb)
+        parked_id = quit_and_park(proxy, 0)
+        assert wait_for(lambda: event(proxy, "expired") == 1, 5) and idle_gauge(proxy) == 0
+        assert wait_for(lambda: gone(own_mariadb, parked_id), 5)
+        assert aborted_clients(own_mariadb) == before  # COM_QUIT, then the TLS close
+
+
+def test_a_proxy_shutdown_lets_its_parked_connections_quit(own_mariadb: MariaDBServer, pki: TestPki,
+                                                          event_loop_name: str) -> None:
+    before = aborted_clients(own_mariadb)
+    with pooled_proxy(own_mariadb, pki, event_loop=event_loop_name) as proxy:
+        parked = [quit_and_park(proxy, count) for count in range(2)]
+    assert all(wait_for(lambda: gone(own_mariadb, connection_id), 5) for connection_id in parked)
+    assert aborted_clients(own_mariadb) == before
+
+
+def test_a_full_pool_closes_the_connections_it_has_no_room_for(proxy: ProxyThread, own_mariadb: MariaDBServer) -> None:
+    clients = [connect(proxy.port) for _ in range(5)]  # at the same time: five server connections
+    ids = [one(client, "SELECT CONNECTION_ID()") for client in clients]
+    before = aborted_clients(own_mariadb)
+    for client in clients:
+        client.close()
+    assert wait_for(lambda: event(proxy, "parked") == 3 and event(proxy, "full") == 2, 5)
+    assert idle_gauge(proxy) == 3
+    assert wait_for(lambda: sum(gone(own_mariadb, connection_id) for connection_id in ids) == 2, 5)
+    assert aborted_clients(own_mariadb) == before  # the two without room got the client's COM_QUIT
 
 
 # ---- a restart -------------------------------------------------------------------------------------------
