@@ -17,6 +17,7 @@ patched) fits connector's pure mode (CONNECT_WITH_DB does not count: `greeting.p
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import struct
 import time
@@ -33,7 +34,7 @@ from tests.conftest import NATIVE, SECOND, TEST_DATABASE, Account
 from tests.integration.test_clients import mariadb_cli
 from tests.integration.test_upstream_pool import direct, idle, pool_event, pooled_proxy
 from tests.support.pki import TestPki
-from tests.support.proxy import ProxyThread, wait_for
+from tests.support.proxy import ProxyThread, make_route, metric_value, wait_for
 from tests.support.rawclient import DEFAULT_FLAGS, RawClient, com_query, frame
 from tlsproxy.mysql.constants import Capability
 from tlsproxy.demo.mariadb import MariaDBServer
@@ -159,6 +160,27 @@ def test_a_clients_own_reset_connection_then_quit_leaves_its_connection_parked(p
         connection.close()
     parked_after(proxy, 2)
     assert session("connector-pure", proxy.port, SECOND).connection_id == first.connection_id
+
+
+def test_pool_then_prewarm_then_a_fresh_connection(mariadb: MariaDBServer, pki: TestPki, event_loop_name: str) -> None:
+    route = dataclasses.replace(make_route(mariadb.port, ca_file=pki.ca, name="pool"), upstream_pool=2, prewarm=1)
+    with ProxyThread(route, event_loop=event_loop_name) as proxy:
+        first = session("pymysql", proxy.port, NATIVE)  # fresh: nothing parked, nothing prewarmed yet
+        parked_after(proxy, 1)
+        assert wait_for(lambda: metric_value(proxy, "tlsproxy_prewarm_ready", route="pool") == 1, 10)
+        on_parked = open_client("pymysql", proxy.port, NATIVE)
+        on_warm = open_client("pymysql", proxy.port, SECOND)
+        try:
+            assert rows(on_parked, "SELECT CONNECTION_ID()")[0][0] == first.connection_id
+            assert rows(on_warm, "SELECT CURRENT_USER()") == [(f"{SECOND.user}@%",)]
+            assert metric_value(proxy, "tlsproxy_prewarm_connections_total", route="pool", outcome="handed_out") == 1
+        finally:
+            on_parked.close()
+            on_warm.close()
+        parked_after(proxy, 3)
+        assert pool_event(proxy, "reused") == 1
+        # the reused login's phase in the handshake histogram is COM_CHANGE_USER's
+        assert metric_value(proxy, "tlsproxy_handshake_duration_seconds_count", route="pool", phase="change_user") == 1
 
 
 # ---- a client's own COM_CHANGE_USER on a reused connection --------------------------------------------

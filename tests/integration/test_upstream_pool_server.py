@@ -255,6 +255,22 @@ def test_a_full_pool_closes_the_connections_it_has_no_room_for(proxy: ProxyThrea
     assert aborted_clients(own_mariadb) == before  # the two without room got the client's COM_QUIT
 
 
+def test_a_tls_reload_closes_the_parked_connections_and_parks_nothing_of_the_old_settings(
+        proxy: ProxyThread, own_mariadb: MariaDBServer) -> None:
+    held = connect(proxy.port)  # logged in under the old TLS context, still there at the reload
+    held_id = one(held, "SELECT CONNECTION_ID()")
+    parked_id = quit_and_park(proxy, 0)
+    before = aborted_clients(own_mariadb)
+    assert proxy.call(lambda: proxy.proxy.reload_tls("test"))  # type: ignore[union-attr]
+    assert wait_for(lambda: gone(own_mariadb, parked_id), 5) and idle_gauge(proxy) == 0
+    held.close()  # its upstream was verified under the old settings: not parked in the new pool
+    assert wait_for(lambda: gone(own_mariadb, held_id), 5)
+    assert idle_gauge(proxy) == 0 and event(proxy, "parked") == 1
+    assert aborted_clients(own_mariadb) == before  # the pool's COM_QUIT, and the client's own
+    fresh_id = quit_and_park(proxy, 1)  # the new pool parks
+    assert fresh_id not in (held_id, parked_id)
+
+
 # ---- a restart -------------------------------------------------------------------------------------------
 
 

@@ -333,7 +333,7 @@ async def test_a_connection_counted_once_even_when_it_is_dropped_twice() -> None
 
 
 @in_loop
-async def test_give_back_parks_a_taken_connection_again_with_a_fresh_idle_timer() -> None:
+async def test_give_back_parks_a_taken_connection_again_and_watches_it() -> None:
     p = Pool(idle_timeout=0.1)
     transport = p.parked()
     taken = p.pool.take()
@@ -349,6 +349,22 @@ async def test_give_back_parks_a_taken_connection_again_with_a_fresh_idle_timer(
     assert taken is not None
     p.pool.give_back(taken)
     await wait_until(lambda: other.closed)
+    assert p.events("expired") == 1
+
+
+@in_loop
+async def test_a_connection_given_back_still_expires_idle_timeout_after_it_was_parked() -> None:
+    """Taken by a client whose SSLRequest did not fit, and given back unused: nothing reached the server,
+    whose idle clock (wait_timeout) kept running, so the pool's must too."""
+    p = Pool(idle_timeout=0.3)
+    transport = p.parked()
+    parked = asyncio.get_running_loop().time()
+    await asyncio.sleep(0.2)
+    taken = p.pool.take()
+    assert taken is not None
+    p.pool.give_back(taken)
+    await wait_until(lambda: transport.closed)
+    assert asyncio.get_running_loop().time() - parked < 0.45  # not 0.2 + a fresh 0.3
     assert p.events("expired") == 1
 
 
