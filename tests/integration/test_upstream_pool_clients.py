@@ -30,12 +30,12 @@ import pymysql._auth
 import pytest
 from pymysql.constants import CLIENT
 
-from tests.conftest import NATIVE, SECOND, TEST_DATABASE, Account
+from tests.conftest import NATIVE, PLAIN, SECOND, TEST_DATABASE, Account
 from tests.integration.test_clients import mariadb_cli
 from tests.integration.test_upstream_pool import direct, idle, pool_event, pooled_proxy
 from tests.support.pki import TestPki
 from tests.support.proxy import ProxyThread, make_route, metric_value, wait_for
-from tests.support.rawclient import DEFAULT_FLAGS, RawClient, com_query, frame
+from tests.support.rawclient import DEFAULT_FLAGS, RawClient, com_query, frame, native_scramble
 from tlsproxy.mysql.constants import Capability
 from tlsproxy.demo.mariadb import MariaDBServer
 
@@ -439,6 +439,23 @@ def test_a_raw_client_that_pipelines_a_query_before_the_verdict_gets_nothing_run
     assert inserted(mariadb) == 0
     with open_client("pymysql", proxy.port, NATIVE) as good:
         assert rows(good, "SELECT CURRENT_USER()") == [(f"{NATIVE.user}@%",)]
+
+
+def test_mariadb_answers_a_change_user_without_plugin_auth_with_an_auth_switch(mariadb: MariaDBServer) -> None:
+    """The server fact behind the xfail below, straight to the server (PLAIN needs no TLS): on a connection
+    opened without CLIENT_PLUGIN_AUTH, COM_CHANGE_USER (no plugin name) is answered with an
+    AuthSwitchRequest for mysql_native_password carrying the greeting's nonce, not with OK or ERR."""
+    flags = DEFAULT_FLAGS & ~Capability.PLUGIN_AUTH & ~Capability.CONNECT_ATTRS
+    with RawClient(mariadb.port) as client:
+        client.send(frame(1, client.handshake_response(PLAIN.user, PLAIN.password, flags=flags)))
+        assert client.read_frame() == (2, b"\x00\x00\x00\x02\x00\x00\x00")
+        auth = native_scramble(PLAIN.password, client.greeting.nonce)
+        client.send(frame(0, b"\x11" + PLAIN.user.encode() + b"\0" + bytes([len(auth)]) + auth + b"\0"
+                          + struct.pack("<H", 45)))
+        seq, switch = client.read_frame()
+        assert (seq, switch) == (1, b"\xfemysql_native_password\0" + client.greeting.nonce + b"\0")
+        client.send(frame(2, native_scramble(PLAIN.password, client.greeting.nonce)))
+        assert client.read_frame() == (3, b"\x00\x00\x00\x02\x00\x00\x00")
 
 
 @pytest.mark.xfail(strict=True, reason=(
