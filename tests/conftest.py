@@ -6,6 +6,7 @@ A server that cannot start fails the tests loudly (never a skip): CI installs ma
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -54,16 +55,23 @@ def _create_accounts(server: MariaDBServer) -> None:
         server.sql(f"GRANT ALL ON {TEST_DATABASE}.* TO '{account.user}'@'%'")
 
 
-@pytest.fixture(scope="session")
-def mariadb(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
-    """The main server: TLS with the test CA's certificate for localhost/127.0.0.1, and the accounts above."""
-    server = start_mariadb(tmp_path_factory.mktemp("mariadb"), ssl_ca=pki.ca, ssl_cert=pki.server_cert,
-                           ssl_key=pki.server_key)
+@contextmanager
+def mariadb_with_accounts(workdir: Path, pki: TestPki) -> Iterator[MariaDBServer]:
+    """A server with TLS (the test CA's certificate for localhost/127.0.0.1) and the accounts above,
+    stopped at the end."""
+    server = start_mariadb(workdir, ssl_ca=pki.ca, ssl_cert=pki.server_cert, ssl_key=pki.server_key)
     try:
         _create_accounts(server)
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(pki: TestPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    """The main server."""
+    with mariadb_with_accounts(tmp_path_factory.mktemp("mariadb"), pki) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -234,8 +234,9 @@ class UpstreamPool:
             return
         connection.transport.set_protocol(connection.protocol)
         self._idle.append(connection)
-        connection.protocol.start_timer(self.idle_timeout, lambda: self.drop(
-            connection, PoolEvent.EXPIRED, "idle timeout"))
+        # Idle since it was parked: nothing reached the server meanwhile, whose wait_timeout kept counting.
+        remaining = max(0.0, self.idle_timeout - (time.monotonic() - connection.parked_at))
+        connection.protocol.start_timer(remaining, lambda: self.drop(connection, PoolEvent.EXPIRED, "idle timeout"))
 
     def count(self, event: str) -> None:
         if self._metrics is not None:

@@ -83,7 +83,7 @@ def peer_rsa_pem() -> bytes:
                              serialization.NoEncryption())
 
 
-def _server_context(pki: TestPki) -> ssl.SSLContext:
+def server_context(pki: TestPki) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(pki.server_cert), str(pki.server_key))  # SAN localhost, 127.0.0.1
@@ -116,7 +116,7 @@ def make_stack(pki: TestPki, peer_rsa_pem: bytes) -> Iterator[Callable[..., Stac
         def factory(event_loop: str = "asyncio", *, default_plugin: str = "caching_sha2_password") -> Stack:
             peer = PeerThread(
                 accounts=[PeerAccount(a.user, a.password, a.plugin, a.require_ssl) for a in ALL],  # type: ignore[arg-type]
-                ssl_context=_server_context(pki), default_plugin=default_plugin, rsa_private_key_pem=peer_rsa_pem,
+                ssl_context=server_context(pki), default_plugin=default_plugin, rsa_private_key_pem=peer_rsa_pem,
             )
             stack.callback(peer.stop)
             peer.start()

@@ -993,9 +993,14 @@ class _Session:
             cmd = pkt[0]
             if cmd == COM_QUIT:
                 return
-            if cmd in (COM_PING, COM_RESET_CONNECTION):
-                if cmd == COM_RESET_CONNECTION:
-                    self.autocommit = True
+            if cmd == COM_PING:
+                self.send_ok()
+            elif cmd == COM_RESET_CONNECTION:
+                # dispatch_command, case COM_RESET_CONNECTION: thd->cleanup_connection(), then my_ok(thd).
+                # THD::cleanup_connection resets the session (autocommit among it) and keeps the login,
+                # the current database and the scramble; the OK is a plain one at seq 1.
+                self.peer._log("reset_connection")
+                self.autocommit = True
                 self.send_ok()
             elif cmd == COM_INIT_DB:
                 self.database = pkt[1:]
