@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 RESET_TIMEOUT_SECONDS = 5.0
 """How long the server may take to answer COM_RESET_CONNECTION before the connection is closed."""
 
+MIN_OK_SIZE = 7
+"""0x00, affected rows and insert id (one byte each at least), status flags and warnings (two bytes each)."""
 RESET_FRAME = encode_frame(0, bytes((Command.RESET_CONNECTION,)))
 QUIT_FRAME = encode_frame(0, bytes((Command.QUIT,)))
 
@@ -135,7 +137,8 @@ class _ParkedProtocol(asyncio.BufferedProtocol):
             return
         if frame is None:
             return
-        if frame.sequence_id == 1 and frame.payload[:1] == bytes((PacketHeader.OK,)) and not len(self._frames):
+        if (frame.sequence_id == 1 and frame.payload[:1] == bytes((PacketHeader.OK,))
+                and len(frame.payload) >= MIN_OK_SIZE and not len(self._frames)):
             self.resetting = False
             self._pool.reset_done(self._connection)
             return
@@ -163,8 +166,8 @@ class UpstreamPool:
         self._idle: list[PooledUpstream] = []
         """Parked connections, the newest last."""
         self._closing: set[asyncio.Future[None]] = set()
-        self._resetting: set[int] = set()
-        """ids of the connections whose reset is under way."""
+        self._resetting: set[PooledUpstream] = set()
+        """Connections whose reset is under way."""
         self._closed = False
 
     def __len__(self) -> int:
@@ -189,7 +192,7 @@ class UpstreamPool:
         protocol = _ParkedProtocol(self, connection)
         connection.protocol = protocol
         transport.set_protocol(protocol)
-        self._resetting.add(id(connection))
+        self._resetting.add(connection)
         transport.resume_reading()  # the client's backpressure may have paused it
         transport.write(RESET_FRAME)
         protocol.start_timer(RESET_TIMEOUT_SECONDS, lambda: self.drop(
@@ -245,8 +248,11 @@ class UpstreamPool:
     def close(self) -> None:
         """Stop parking, and close every parked connection (shutdown, or a TLS reload)."""
         self._closed = True
-        while self._idle:
-            gone = self._idle.pop().close()
+        closing = [*self._idle, *self._resetting]  # a reset under way: COM_QUIT goes up behind it
+        self._idle.clear()
+        self._resetting.clear()
+        for connection in closing:
+            gone = connection.close()
             if gone is not None:
                 self._closing.add(gone)
                 gone.add_done_callback(self._closing.discard)
@@ -260,7 +266,7 @@ class UpstreamPool:
     # ---- what the parked connections report ----------------------------------------------------
 
     def reset_done(self, connection: PooledUpstream) -> None:
-        self._resetting.discard(id(connection))
+        self._resetting.discard(connection)
         connection.protocol.cancel_timer()
         if self._closed:
             connection.close()
@@ -273,8 +279,8 @@ class UpstreamPool:
 
     def drop(self, connection: PooledUpstream, event: str, why: str) -> None:
         """Forget and close a connection the pool holds (reset failed, expired, the server closed it)."""
-        known = id(connection) in self._resetting or connection in self._idle
-        self._resetting.discard(id(connection))
+        known = connection in self._resetting or connection in self._idle
+        self._resetting.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
         connection.close()

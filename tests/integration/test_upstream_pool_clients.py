@@ -442,7 +442,7 @@ def test_a_raw_client_that_pipelines_a_query_before_the_verdict_gets_nothing_run
 
 
 def test_mariadb_answers_a_change_user_without_plugin_auth_with_an_auth_switch(mariadb: MariaDBServer) -> None:
-    """The server fact behind the xfail below, straight to the server (PLAIN needs no TLS): on a connection
+    """The server fact behind the next test, straight to the server (PLAIN needs no TLS): on a connection
     opened without CLIENT_PLUGIN_AUTH, COM_CHANGE_USER (no plugin name) is answered with an
     AuthSwitchRequest for mysql_native_password carrying the greeting's nonce, not with OK or ERR."""
     flags = DEFAULT_FLAGS & ~Capability.PLUGIN_AUTH & ~Capability.CONNECT_ATTRS
@@ -458,11 +458,6 @@ def test_mariadb_answers_a_change_user_without_plugin_auth_with_an_auth_switch(m
         assert client.read_frame() == (3, b"\x00\x00\x00\x02\x00\x00\x00")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a client without CLIENT_PLUGIN_AUTH is logged in on a parked connection (its SSLRequest fits), but MariaDB "
-    "10.11 answers COM_CHANGE_USER with an AuthSwitchRequest (seq 1, the connection's scramble) whatever the "
-    "client's capabilities, and the proxy relays it to the client (seq 2), which cannot understand one: it "
-    "expects OK or ERR. PROTOCOL.md §6 says such a client gets OK or ERR at once; on 10.11.19 it does not"))
 def test_a_client_without_plugin_auth_logs_in_on_a_parked_connection_as_at_connect(proxy: ProxyThread) -> None:
     flags = DEFAULT_FLAGS & ~Capability.PLUGIN_AUTH
     with RawClient(proxy.port) as client:
@@ -478,3 +473,15 @@ def test_a_client_without_plugin_auth_logs_in_on_a_parked_connection_as_at_conne
         client.send(frame(1, client.handshake_response(SECOND.user, SECOND.password, flags=flags)))
         seq, answer = client.read_frame()
         assert (seq, answer[:1]) == (2, b"\x00"), answer  # what a client without CLIENT_PLUGIN_AUTH can read
+        client.send(frame(0, b"\x03SELECT CURRENT_USER()"))
+        result = b"".join(client.read_frame()[1] for _ in range(5))  # count, column, EOF, row, EOF
+        assert f"{SECOND.user}@%".encode() in result
+        client.send(frame(0, b"\x01"))
+        assert client.closed_by_peer()
+    parked_after(proxy, 2)
+    with RawClient(proxy.port) as client:  # a wrong password: the server's ERR, as at connect
+        assert client.greeting.connection_id == first_id
+        client.send(frame(1, client.handshake_response(SECOND.user, "wrong", flags=flags)))
+        seq, answer = client.read_frame()
+        assert (seq, answer[:3]) == (2, b"\xff\x15\x04"), answer  # 1045
+        assert client.closed_by_peer()

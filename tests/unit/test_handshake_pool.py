@@ -281,3 +281,37 @@ def test_without_a_pool_com_quit_passes_as_before() -> None:
     assert playbook
     assert playbook >> client >> QUIT << SendToServer(QUIT)
     assert not playbook.machine.parkable
+
+
+def no_plugin_auth(response: bytes) -> bytes:
+    caps = parse_handshake_response(response).capability_flags & ~Capability.PLUGIN_AUTH
+    return caps.to_bytes(4, "little") + response[4:]
+
+
+def test_a_client_without_plugin_auth_gets_its_switch_answered_from_its_response() -> None:
+    """MariaDB sends an AuthSwitchRequest even to such a client (PROTOCOL.md §6.3); over the greeting's own
+    nonce its answer is the auth data of its HandshakeResponse, which goes up; the client sees OK at seq 2."""
+    old = no_plugin_auth(RESPONSE)
+    auth = parse_handshake_response(old).auth_response
+    assert (
+        adopted(old)
+        >> client >> frame(1, old)
+        << SendToServer(frame(0, change_user(old)))
+        >> server >> frame(1, switch("mysql_native_password", GREETING.nonce))
+        << SendToServer(frame(2, auth))
+        >> server >> frame(3, OK)
+        << SendToClient(frame(2, OK))
+        << StartRelay()
+    )
+
+
+def test_a_client_without_plugin_auth_asked_for_another_plugin_or_nonce_is_told_to_turn_the_pool_off() -> None:
+    old = no_plugin_auth(RESPONSE)
+    for plugin, nonce in (("client_ed25519", GREETING.nonce), ("mysql_native_password", FRESH.nonce)):
+        assert (
+            adopted(old)
+            >> client >> frame(1, old)
+            << SendToServer
+            >> server >> frame(1, switch(plugin, nonce))
+            << raises(ClientCapabilityError, match="upstream_pool: 0")
+        )

@@ -32,7 +32,15 @@ from tlsproxy.errors import (
 )
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
 from tlsproxy.mysql.command_watcher import CommandWatcher
-from tlsproxy.mysql.constants import HEADER_SIZE, MASKED_CAPABILITIES, SSL_REQUEST_SIZE, Capability, Command, PacketHeader
+from tlsproxy.mysql.constants import (
+    HEADER_SIZE,
+    MASKED_CAPABILITIES,
+    SSL_REQUEST_SIZE,
+    AuthPlugin,
+    Capability,
+    Command,
+    PacketHeader,
+)
 from tlsproxy.mysql.effects import (
     AuthKey,
     ClientQuit,
@@ -53,6 +61,7 @@ from tlsproxy.mysql.greeting import (
 )
 from tlsproxy.mysql.machine_core import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET
 from tlsproxy.mysql.messages import (
+    AuthSwitchRequest,
     parse_auth_switch,
     parse_change_user,
     parse_handshake_response,
@@ -194,6 +203,8 @@ class HandshakeMachine(PrewarmAdoption):
             return self._finish_auth(payload, succeeded=False)
         if head == PacketHeader.AUTH_SWITCH:
             switch = parse_auth_switch(payload)
+            if self.pooled and self._state is State.AUTH and not self._client_can_switch():
+                return self._answer_switch_for_the_client(switch)
             self.auth_plugin = switch.plugin_name
             if switch.auth_plugin_data:
                 self._nonce = switch.nonce
@@ -205,6 +216,22 @@ class HandshakeMachine(PrewarmAdoption):
             if ask_client is not None:
                 return [self._to_client(ask_client)]
         return [self._to_client(payload)]
+
+    def _client_can_switch(self) -> bool:
+        return self.client_response is not None and bool(self.client_response.capability_flags & Capability.PLUGIN_AUTH)
+
+    def _answer_switch_for_the_client(self, switch: AuthSwitchRequest) -> list[Effect]:
+        """MariaDB answers a COM_CHANGE_USER with an AuthSwitchRequest even for a client without
+        CLIENT_PLUGIN_AUTH (PROTOCOL.md §6.3), which that client cannot read. For mysql_native_password
+        over the greeting's own nonce (the connection's scramble, reused) the client's answer is already in
+        its HandshakeResponse: send that up, and the client sees OK or ERR, as at connect."""
+        assert self.client_response is not None and self.greeting is not None
+        if switch.plugin_name != AuthPlugin.NATIVE or switch.nonce != self.greeting.nonce:
+            raise ClientCapabilityError(
+                f"the server asked this client to switch to {switch.plugin_name} on a pooled connection, and the "
+                "client cannot answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set upstream_pool: 0 on this "
+                "route")
+        return [self._to_server(self.client_response.auth_response)]
 
     def _finish_auth(self, payload: bytes, *, succeeded: bool) -> list[Effect]:
         effects: list[Effect] = [self._to_client(payload)]
