@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tlsproxy.mysql.codec import FrameBuffer
+from tlsproxy.mysql.codec import DecodeError, FrameBuffer, Reader
 
 
 class ResponseFollower:
@@ -31,7 +31,7 @@ class ResponseFollower:
             head = p[:1]
             if self._phase == "first":
                 if head in (b"\x00", b"\xff") or self._pending[0] in (0x09, 0x0E, 0x02, 0x1F, 0x1B):
-                    if head == b"\x00" and len(p) > 4 and p[3] & 8:
+                    if head == b"\x00" and _ok_status(p) & 8:
                         self.lost = "more results"
                     self._pending.pop(0)
                 elif head == b"\xfb":
@@ -53,3 +53,16 @@ class ResponseFollower:
     @property
     def idle(self) -> bool:
         return self.lost is None and not self._pending and self._phase == "first"
+
+
+def _ok_status(payload: bytes) -> int:
+    """An OK packet's status flags: after the header byte, affected_rows and last_insert_id, both
+    length-encoded (an insert id from 251 up takes 3 or more bytes). A malformed OK counts as more
+    results to come: the connection is not parked."""
+    reader = Reader(payload, 1)
+    try:
+        reader.lenenc_int("affected_rows")
+        reader.lenenc_int("last_insert_id")
+        return reader.int_le(2, "status_flags")
+    except DecodeError:
+        return 8
