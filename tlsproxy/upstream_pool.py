@@ -76,6 +76,7 @@ class PooledUpstream:
         transport = self.transport
         if self.protocol is not None:
             self.protocol.cancel_timer()
+            self.protocol = None  # type: ignore[assignment]  # no cycle with it: refcounting frees both
         if not transport.is_closing():
             transport.set_protocol(asyncio.Protocol())  # no callbacks into the pool any more
             try:
@@ -197,6 +198,9 @@ class UpstreamPool:
                 connection.close()
                 continue
             connection.protocol.cancel_timer()
+            # The session's for good: break the cycle with the parked protocol, or the transport (and,
+            # through its next protocol, the whole session) would wait for a full garbage collection.
+            connection.protocol = None  # type: ignore[assignment]
             return connection
         return None
 
@@ -216,6 +220,8 @@ class UpstreamPool:
         if self._closed or connection.transport.is_closing():
             connection.close()
             return
+        connection.protocol = _ParkedProtocol(self, connection)
+        connection.protocol.resetting = False
         connection.transport.set_protocol(connection.protocol)
         self._idle.append(connection)
         connection.protocol.start_timer(self.idle_timeout, lambda: self.drop(
