@@ -4,7 +4,8 @@ churn, every answer checked, and the proxy's memory sampled over time.
 `python -m bench soak` (or `python -m bench.soak`) starts the bench world (bench/env.py: a MariaDB
 with TLS and the real tlsproxy CLI in front of it, all on loopback), then runs one asyncio load
 generator in this process (bench/myclient.py, mysql_native_password) against the proxy's TLS TCP
-route:
+route (with `--upstream-pool N`, the route with `upstream_pool: N`: each reconnect logs in on the
+upstream connection a client before it left, and the pool's events are read from /metrics):
 
 * ramp: CONNECTIONS connections log in (at most LOGIN_CONCURRENCY logins in flight); the timed
   phase of DURATION seconds starts once all of them have logged in once;
