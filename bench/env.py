@@ -60,6 +60,8 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
 FULL_HANDSHAKE_ROUTE = "proxy_tls_tcp_full"
 """A TLS route with session resumption off: every upstream handshake is a full one (bench/proxy_metrics.py)."""
 PREWARM_ROUTE, PREWARM_SIZE = "proxy_tls_tcp_prewarm", 8
+POOL_ROUTE, POOL_SIZE = "proxy_tls_tcp_pool", 8
+"""A route with `upstream_pool: 8`: a client that quits leaves its authenticated upstream for the next one."""
 HANDSHAKE_ROUTES = {
     # route: (TLS version, session resumption) -- bench/proxy_metrics.py's full vs resumed handshake CPU
     FULL_HANDSHAKE_ROUTE: ("TLSv1.3", False),
@@ -98,16 +100,18 @@ class BenchEnv:
     ports: dict[str, int] = field(default_factory=dict)
     sockets: dict[str, Path] = field(default_factory=dict)
     route_max_connections: int = 20000
+    pool_size: int = POOL_SIZE
+    """`upstream_pool` of the POOL_ROUTE (bench soak --upstream-pool N)."""
     bulk_source = "seq"  # bench/lua/bulk.lua's row source: MariaDB's sequence tables
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
     def create(cls, *, key_type: pki.KeyType = "rsa2048", event_loop: str = "uvloop",
-               max_connections: int = 6000, workers: int = 1) -> "BenchEnv":
+               max_connections: int = 6000, workers: int = 1, pool_size: int = POOL_SIZE) -> "BenchEnv":
         raise_open_file_limit()
         env = cls(Path(tempfile.mkdtemp(prefix="tlsp-bench-")), key_type=key_type, event_loop=event_loop,
-                  workers=workers)
+                  workers=workers, pool_size=pool_size)
         try:
             env._start(max_connections)
         except BaseException:
@@ -163,7 +167,7 @@ class BenchEnv:
 
     def proxy_routes(self) -> dict[str, tuple[str, str]]:
         """The proxy's routes: name -> (listen, ssl_mode)."""
-        names = ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, *HANDSHAKE_ROUTES, "admin")
+        names = ("proxy_tls_tcp", "proxy_disabled_tcp", PREWARM_ROUTE, POOL_ROUTE, *HANDSHAKE_ROUTES, "admin")
         self.ports.update(zip(names, free_ports(len(names))))
         self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
         self.sockets["proxy_disabled_unix"] = self.workdir / "relay.sock"
@@ -174,6 +178,7 @@ class BenchEnv:
             "proxy_disabled_unix": (str(self.sockets["proxy_disabled_unix"]), "DISABLED"),
             **{name: (f"127.0.0.1:{self.ports[name]}", "VERIFY_IDENTITY") for name in HANDSHAKE_ROUTES},
             PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY"),
+            POOL_ROUTE: (f"127.0.0.1:{self.ports[POOL_ROUTE]}", "VERIFY_IDENTITY"),
         }
 
     def upstream(self) -> str:
@@ -198,6 +203,8 @@ class BenchEnv:
                       "    handshake_timeout: 60"]
             if name == PREWARM_ROUTE:
                 lines.append(f"    prewarm: {PREWARM_SIZE}")
+            if name == POOL_ROUTE:
+                lines.append(f"    upstream_pool: {self.pool_size}")
             if name in HANDSHAKE_ROUTES:
                 version, resumption = HANDSHAKE_ROUTES[name]
                 lines += [f"    tls_version: {version}", f"    tls_session_resumption: {str(resumption).lower()}"]

@@ -48,6 +48,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              workloads=("connect",)),
     Scenario("proxy_tls_tcp_prewarm", "3 tlsproxy TLS, prewarm 8, TCP", client_tls=False, via="proxy_tls",
              workloads=("connect",)),
+    Scenario("proxy_tls_tcp_pool", "3 tlsproxy TLS, upstream pool 8, TCP", client_tls=False, via="proxy_tls",
+             workloads=("connect",)),
 )
 SCENARIO_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 BASELINES = ("client_tls", "plaintext")
@@ -87,7 +89,7 @@ class RunSize:
     tls_matrix: bool
 
 
-QUICK = RunSize("quick", repetitions=2, seconds=2.0, point_threads=(1, 4), connect_threads=(1,),
+QUICK = RunSize("quick", repetitions=2, seconds=2.0, point_threads=(1, 4), connect_threads=(1, 4),
                 bulk_mib=32, bulk_row_sizes=(1048576,), table_size=10000, handshakes=100,
                 idle_connections=(0, 200), tls_matrix=False)
 FULL = RunSize("full", repetitions=5, seconds=6.0, point_threads=(1, 4, 16), connect_threads=(1, 4),

@@ -267,7 +267,51 @@ def _how_to_read(run: RunAnalysis) -> list[str]:
         "and the proxy carries the TLS. " + relays + "The totals are medians of per-sample totals, so they "
         "need not equal the sum of the per-role medians."),
         "",
-    ]
+    ] + _connect_routes_guide(run)
+
+
+CONNECT_ROUTES = {
+    "proxy_tls_tcp_full": "`proxy_tls_tcp_full` turns upstream TLS session resumption off (every handshake a full one)",
+    "proxy_tls_tcp_prewarm": ("`proxy_tls_tcp_prewarm` has `prewarm: 8`: the upstream TCP connection, greeting and TLS "
+                              "handshake are done before the client comes, the server login is still the client's"),
+    "proxy_tls_tcp_pool": ("`proxy_tls_tcp_pool` has `upstream_pool: 8`: a client that quits leaves its authenticated "
+                           "upstream connection, reset with COM_RESET_CONNECTION, to the next client, whose login "
+                           "goes up as COM_CHANGE_USER on it (no TCP connect, no TLS handshake; the server still "
+                           "checks every client's credentials)"),
+}
+
+
+def _connect_routes_guide(run: RunAnalysis) -> list[str]:
+    """The connect workload's extra tlsproxy routes, those this run has."""
+    present = [text for name, text in CONNECT_ROUTES.items() if name in run.names]
+    if not present:
+        return []
+    return [("The connect workload (connect, `SELECT 1`, quit per event) also runs through tlsproxy routes "
+             "that change only how the upstream connection is had: " + "; ".join(present) + "."), ""]
+
+
+def _pool_sentence(run: RunAnalysis) -> list[str]:
+    """Connect through the upstream pool against both baselines, with the proxy's and the server's CPU."""
+    pool = "proxy_tls_tcp_pool"
+    phrases = []
+    for variant in run.variants:
+        if variant.workload != "connect" or not variant.values(pool, variant.headline):
+            continue
+        cpu = variant.cpu_per_unit(pool)
+        ratios = ", ".join(f"{fmt_ratio(variant.ratio(pool, baseline))} {baseline}" for baseline in run.baselines)
+        roles = ", ".join(f"{role} {fmt(cpu[role])}" for role in ("proxy", "server") if finite(cpu.get(role)))
+        samples = variant.by_scenario.get(pool, [])
+        reused = sum(sample.units.get("pool_reused", 0.0) for sample in samples)
+        connections = sum(sample.units.get("connections", 0.0) for sample in samples)
+        share = (f"; {reused / connections:.0%} of the logins on a pooled connection"
+                 if any("pool_reused" in sample.units for sample in samples) and connections else "")
+        phrases.append(f"{variant.variant}: {fmt(variant.median(pool, variant.headline))} connections/s"
+                       + (f", {ratios}" if ratios else "") + (f"; CPU µs per connection {roles}" if roles else "")
+                       + share)
+    if not phrases:
+        return []
+    return ["Connect + `SELECT 1` + quit through the upstream pool (`proxy_tls_tcp_pool`), medians: "
+            + "; ".join(phrases) + ".", ""]
 
 
 def _scenario_table(run: RunAnalysis) -> list[str]:
@@ -330,6 +374,7 @@ def _summary(run: RunAnalysis, plots: dict[str, str]) -> list[str]:
         rows = [[run.label(name)] + [fmt_ratio(variant.cpu_ratio(name, baseline)) for variant in run.variants]
                 for name in run.names]
         lines += _table(header, rows) + [""]
+    lines += _pool_sentence(run)
     for key, title in (("throughput", "Throughput"), ("latency", "Latency"), ("cpu", "CPU per unit of work")):
         if key in plots:
             lines += [f"![{title}]({plots[key]})", ""]

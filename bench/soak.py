@@ -4,7 +4,8 @@ churn, every answer checked, and the proxy's memory sampled over time.
 `python -m bench soak` (or `python -m bench.soak`) starts the bench world (bench/env.py: a MariaDB
 with TLS and the real tlsproxy CLI in front of it, all on loopback), then runs one asyncio load
 generator in this process (bench/myclient.py, mysql_native_password) against the proxy's TLS TCP
-route:
+route (with `--upstream-pool N`, the route with `upstream_pool: N`: each reconnect logs in on the
+upstream connection a client before it left, and the pool's events are read from /metrics):
 
 * ramp: CONNECTIONS connections log in (at most LOGIN_CONCURRENCY logins in flight); the timed
   phase of DURATION seconds starts once all of them have logged in once;
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.env import BENCH_DATABASE, BenchEnv
+from bench.env import BENCH_DATABASE, POOL_ROUTE, POOL_SIZE, BenchEnv
 from bench.memory import settle, fd_count
 from bench.model import RESULTS_DIR, SCENARIO_BY_NAME, SoakResults, SoakTotals
 from bench.myclient import Connection, LoginError, Ok, ProtocolViolation, QueryError
@@ -75,10 +76,15 @@ class SoakConfig:
     op_timeout_s: float = 30.0
     ramp_timeout_s: float = 300.0
     seed: int = field(default_factory=lambda: random.SystemRandom().getrandbits(32))
+    upstream_pool: int = 0  # > 0: through the route with `upstream_pool: N` (bench/env.py's POOL_ROUTE)
 
     @property
     def mean_operations_per_login(self) -> float:
         return max(1.0, self.connections / (self.reconnect_rate * self.query_interval_s))
+
+    @property
+    def route(self) -> str:
+        return POOL_ROUTE if self.upstream_pool else ROUTE
 
 
 class DataMismatch(RuntimeError):
@@ -350,13 +356,17 @@ class Soak:
         self.sample("end")
 
 
-def proxy_counters(env: BenchEnv) -> dict[str, float]:
+POOL_EVENTS = "tlsproxy_upstream_pool_events_total"
+
+
+def proxy_counters(env: BenchEnv, route: str = ROUTE) -> dict[str, float]:
     wanted = ("tlsproxy_connections_accepted_total", "tlsproxy_connections_refused_total",
-              "tlsproxy_handshake_failures_total", "tlsproxy_connections_closed_total", "tlsproxy_connections_active")
+              "tlsproxy_handshake_failures_total", "tlsproxy_connections_closed_total", "tlsproxy_connections_active",
+              POOL_EVENTS, "tlsproxy_upstream_pool_idle")
     counters: dict[str, float] = {}
     for (name, labels), value in sorted(scrape(env).items()):
         label_map = dict(labels)
-        if name in wanted and label_map.get("route") == ROUTE:
+        if name in wanted and label_map.get("route") == route:
             detail = ",".join(f"{key}={item}" for key, item in labels if key != "route")
             counters[f"{name}{{{detail}}}" if detail else name] = value
     return counters
@@ -387,7 +397,7 @@ def check_limits(env: BenchEnv, config: SoakConfig) -> dict[str, Any]:
               "somaxconn": int(Path("/proc/sys/net/core/somaxconn").read_text())}
     needs = {"client_nofile": config.connections + FD_HEADROOM,
              "proxy_nofile": 2 * config.connections + FD_HEADROOM,
-             "mariadb_max_connections": config.connections + 10,
+             "mariadb_max_connections": config.connections + config.upstream_pool + 10,
              "mariadb_open_files_limit": config.connections + FD_HEADROOM,
              "proxy_route_max_connections": config.connections + config.login_concurrency}
     short = [f"{name} is {limits[name]}, needs {need}" for name, need in needs.items()
@@ -405,16 +415,18 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> SoakRes
         print(f"[{time.time() - began:7.1f}s] {message}", flush=True)
 
     progress(f"soak: starting MariaDB with TLS and tlsproxy for {config.connections} connections")
-    with BenchEnv.create(event_loop=event_loop, max_connections=max(6000, 2 * config.connections + 100)) as env:
+    with BenchEnv.create(event_loop=event_loop, max_connections=max(6000, 2 * config.connections + 100),
+                         pool_size=config.upstream_pool or POOL_SIZE) as env:
         assert env.server is not None and env.server.pid is not None and env.proxy_process is not None
         limits = check_limits(env, config)
+        # insert ids from 1000: every INSERT's OK carries a 3-byte length-encoded last_insert_id
         env.server.sql(f"CREATE TABLE {TABLE} (id BIGINT AUTO_INCREMENT PRIMARY KEY, conn INT NOT NULL, "
-                       "data MEDIUMBLOB NOT NULL, sha CHAR(64) NOT NULL) ENGINE=InnoDB")
+                       "data MEDIUMBLOB NOT NULL, sha CHAR(64) NOT NULL) ENGINE=InnoDB AUTO_INCREMENT=1000")
         # durability is not what is tested: one fsync per blob INSERT/DELETE would make the disk the subject
         env.server.sql("SET GLOBAL innodb_flush_log_at_trx_commit = 2")
-        endpoint = env.endpoint(SCENARIO_BY_NAME[ROUTE])
+        endpoint = env.endpoint(SCENARIO_BY_NAME[config.route])
         assert endpoint.host is not None and endpoint.port is not None
-        counters_before = proxy_counters(env)  # the start-up probes of the listening port count too
+        counters_before = proxy_counters(env, config.route)  # the start-up probes of the listening port count too
         soak = Soak(config, endpoint.host, endpoint.port, env.proxy_process.pid, env.server.pid, progress)
         _run_loop(soak.run())
         stats = soak.stats
@@ -423,8 +435,8 @@ def run(config: SoakConfig, out: Path, *, event_loop: str = "uvloop") -> SoakRes
         run_async(settle(env.proxy_process.pid))
         soak.sample("after_close")
         leftover = int(env.server.sql(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
-        counters = {name: value if name.endswith("_active") else value - counters_before.get(name, 0.0)
-                    for name, value in proxy_counters(env).items()}
+        counters = {name: value if name.endswith(("_active", "_idle")) else value - counters_before.get(name, 0.0)
+                    for name, value in proxy_counters(env, config.route).items()}
         versions = env.versions()
     results = _results(config, soak, limits, counters, leftover, versions, event_loop, began)
     results.save(out / "results.json")
@@ -469,15 +481,19 @@ def _results(config: SoakConfig, soak: Soak, limits: dict[str, Any], counters: d
         problems.append(f"the proxy accepted {accepted:g} connections, the client made {stats.login_attempts}")
     failed = {name: value for name, value in counters.items() if value and (
         name.startswith(("tlsproxy_handshake_failures", "tlsproxy_connections_refused"))
-        or (name.startswith("tlsproxy_connections_closed") and "outcome=ok" not in name))}
+        or (name.startswith("tlsproxy_connections_closed") and "outcome=ok" not in name)
+        or name in {f"{POOL_EVENTS}{{outcome={bad}}}" for bad in ("reset_failed", "denied", "closed_by_server", "in_flight")})}
     if failed:
         problems.append("the proxy counted failures: " + ", ".join(f"{name} {value:g}" for name, value in failed.items()))
     if stats.tls_checks != stats.logins:
         problems.append(f"{stats.logins} logins but {stats.tls_checks} upstream-TLS checks")
+    if config.upstream_pool and stats.reconnects and not counters.get(f"{POOL_EVENTS}{{outcome=reused}}"):
+        problems.append("the upstream pool was on but no client logged in on a pooled connection")
     return SoakResults(
         what="soak: concurrent connections through tlsproxy's TLS TCP route with reconnect churn, every answer "
-             "checked, the proxy's RSS sampled over time",
-        route=ROUTE, config={**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
+             "checked, the proxy's RSS sampled over time"
+             + (f"; upstream pool of {config.upstream_pool} on" if config.upstream_pool else ""),
+        route=config.route, config={**asdict(config), "mean_operations_per_login": config.mean_operations_per_login},
         event_loop=event_loop, client_event_loop="uvloop", started=began, finished=time.time(),
         machine=machine_info(), versions=versions, limits=limits, totals=totals,
         latency={"query": stats.query_latency.summary(), "login": stats.login_latency.summary()},
@@ -507,12 +523,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (default: a random one, recorded in the results)")
     parser.add_argument("--out", type=Path, help="output folder (default bench/results/<date>-soak/)")
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="the proxy's event loop")
+    parser.add_argument("--upstream-pool", type=int, default=0, metavar="N",
+                        help="through a route with `upstream_pool: N`: clients that quit leave their upstream "
+                             "connection for the next login (default 0: the plain TLS route)")
 
 
 def config_from(args: argparse.Namespace) -> SoakConfig:
     config = SoakConfig(connections=args.connections, duration_s=args.duration, query_interval_s=args.query_interval,
                         reconnect_rate=args.reconnect_rate, blob_every=args.blob_every,
-                        sample_interval_s=args.sample_interval)
+                        sample_interval_s=args.sample_interval, upstream_pool=args.upstream_pool)
+    if config.upstream_pool < 0:
+        raise SystemExit("soak: --upstream-pool must be 0 (off) or more")
     if args.seed is not None:
         config.seed = args.seed
     for name in ("connections", "duration_s", "query_interval_s", "reconnect_rate", "blob_every", "sample_interval_s"):

@@ -56,7 +56,8 @@ def summary_markdown(results: SoakResults) -> str:
     lines = [
         f"# Soak: {totals.connections:,} connections through tlsproxy ({day})", "",
         f"**{'OK' if results.ok else 'FAILED: ' + '; '.join(results.problems)}**", "",
-        f"Route `{results.route}` (TLS upstream, VERIFY_IDENTITY), proxy event loop {results.event_loop}; "
+        f"Route `{results.route}` (TLS upstream, VERIFY_IDENTITY{_pool_words(config)}), proxy event loop "
+        f"{results.event_loop}; "
         f"{results.machine['cpus']} CPUs ({results.machine['cpu_model']}), shared with other work. "
         f"Each connection pauses uniform 0–{2 * config['query_interval_s']:g} s before each operation, quits after "
         f"uniform 1–{max(1, round(2 * config['mean_operations_per_login'] - 1))} operations (target "
@@ -84,7 +85,8 @@ def summary_markdown(results: SoakResults) -> str:
         f"| proxy RSS after all closed | {_fmt(rss.get('after_close_kib'))} KiB |",
         f"| MariaDB RSS start / end / max | {_fmt(server.get('start_kib'))} / {_fmt(server.get('end_kib'))} / "
         f"{_fmt(server.get('max_kib'))} KiB |",
-        f"| blob rows left | {totals.blob_rows_left:,} |", "",
+        f"| blob rows left | {totals.blob_rows_left:,} |",
+        *_pool_row(results), "",
         "Limits: " + ", ".join(f"{key} {value}" for key, value in results.limits.items()) + ".", "",
         "The proxy's counters for the route during the run: " + ", ".join(
             f"`{key}` {value:g}" for key, value in sorted(results.proxy_counters.items())) + ".", "",
@@ -102,6 +104,27 @@ def summary_markdown(results: SoakResults) -> str:
                      f"{point['proxy_fds']:,} | {point['server_rss_kib']:,} |")
     lines += ["", f"All {len(results.samples)} samples are in results.json.", ""]
     return "\n".join(lines)
+
+
+def _pool_words(config: dict[str, Any]) -> str:
+    """How the route's upstream pool was set (nothing for a soak from before `--upstream-pool`)."""
+    if "upstream_pool" not in config:
+        return ""
+    pool = config["upstream_pool"]
+    return (f", upstream pool **on**: `upstream_pool: {pool}`, a client that quits leaves its upstream connection "
+            "reset for the next login (COM_CHANGE_USER)") if pool else ", upstream pool off"
+
+
+def _pool_row(results: SoakResults) -> list[str]:
+    """The pool's events by outcome (tlsproxy_upstream_pool_events_total of the route during the run)."""
+    if not results.config.get("upstream_pool"):
+        return []
+    prefix = "tlsproxy_upstream_pool_events_total{outcome="
+    events = {name[len(prefix):-1]: value for name, value in results.proxy_counters.items() if name.startswith(prefix)}
+    reused, logins = events.get("reused", 0.0), results.totals.logins
+    shown = ", ".join(f"{outcome} {value:,.0f}" for outcome, value in sorted(events.items())) or "none counted"
+    share = f" ({reused / logins:.1%} of {logins:,} logins on a pooled connection)" if logins else ""
+    return [f"| upstream pool events | {shown}{share} |"]
 
 
 def _thin(samples: list[dict[str, Any]], most: int) -> list[dict[str, Any]]:

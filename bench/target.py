@@ -31,7 +31,7 @@ import uvloop
 
 import tlsproxy
 from bench import model
-from bench.env import PREWARM_ROUTE, BenchEnv, Endpoint, free_ports, raise_open_file_limit
+from bench.env import POOL_ROUTE, PREWARM_ROUTE, BenchEnv, Endpoint, free_ports, raise_open_file_limit
 from bench.model import RunSize, Sample, Scenario, TargetInfo
 from bench.sysbench import SysbenchError, prepare_tables, run_sysbench
 from bench.workloads import interleaved
@@ -42,7 +42,7 @@ from tlsproxy.errors import TlsProxyError
 from tlsproxy.tls import build_upstream_tls
 
 PASSWORD_VARIABLE = "TLSPROXY_BENCH_PASSWORD"
-TARGET_SCENARIOS = ("plaintext", "client_tls", "proxy_tls_tcp", "proxy_tls_unix", PREWARM_ROUTE)
+TARGET_SCENARIOS = ("plaintext", "client_tls", "proxy_tls_tcp", "proxy_tls_unix", PREWARM_ROUTE, POOL_ROUTE)
 """No socat and no DISABLED route against a target: they would send the client's plaintext over the network."""
 READ_ONLY_WORKLOADS = ("select1", "connect", "bulk")
 NETWORK_PROBES = 20
@@ -126,12 +126,13 @@ class TargetEnv(BenchEnv):
                 self.workdir / "client-cert.pem", self.workdir / "client-key.pem")
 
     def proxy_routes(self) -> dict[str, tuple[str, str]]:
-        names = ("proxy_tls_tcp", PREWARM_ROUTE, "admin")
+        names = ("proxy_tls_tcp", PREWARM_ROUTE, POOL_ROUTE, "admin")
         self.ports.update(zip(names, free_ports(len(names))))
         self.sockets["proxy_tls_unix"] = self.workdir / "tls.sock"
         return {"proxy_tls_tcp": (f"127.0.0.1:{self.ports['proxy_tls_tcp']}", "VERIFY_IDENTITY"),
                 "proxy_tls_unix": (str(self.sockets["proxy_tls_unix"]), "VERIFY_IDENTITY"),
-                PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY")}
+                PREWARM_ROUTE: (f"127.0.0.1:{self.ports[PREWARM_ROUTE]}", "VERIFY_IDENTITY"),
+                POOL_ROUTE: (f"127.0.0.1:{self.ports[POOL_ROUTE]}", "VERIFY_IDENTITY")}
 
     def upstream(self) -> str:
         assert self.target is not None

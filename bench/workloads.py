@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable
 
-from bench.env import BenchEnv
+from bench.env import POOL_ROUTE, BenchEnv
 from bench.model import SCENARIOS, RunSize, Sample, Scenario
 from bench.procs import CpuMeter
+from bench.proxy_metrics import scrape
 from bench.sysbench import SysbenchResult, run_sysbench
 
 log = logging.getLogger(__name__)
@@ -52,16 +53,28 @@ def select1(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repe
 
 
 def connect_per_request(env: BenchEnv, scenario: Scenario, threads: int, size: RunSize, repetition: int) -> Sample:
+    pooled = scenario.name == POOL_ROUTE
+    before = pool_events(env) if pooled else {}
     result, cpu = measure(env, scenario, lambda: run_sysbench(
         "connect_select1", env.endpoint(scenario), client_tls=scenario.client_tls, threads=threads,
         seconds=size.seconds, workdir=env.workdir))
+    units = {"connections": float(result.events), "queries": float(result.events)}
+    if pooled:  # the pool's own count of what happened: logins on a pooled connection, parks, refusals
+        after = pool_events(env)
+        units.update({f"pool_{outcome}": after[outcome] - before.get(outcome, 0.0) for outcome in after})
     return Sample(
         workload="connect", variant=f"threads={threads}", scenario=scenario.name, repetition=repetition,
         duration_s=result.seconds,
         metrics={"conn_per_s": result.events / result.seconds, "p50_ms": result.percentile(0.50),
                  "p99_ms": result.percentile(0.99)},
-        cpu_s=cpu, units={"connections": result.events, "queries": result.events},
+        cpu_s=cpu, units=units,
     )
+
+
+def pool_events(env: BenchEnv, route: str = POOL_ROUTE) -> dict[str, float]:
+    """tlsproxy_upstream_pool_events_total of `route` by outcome, from the proxy's /metrics."""
+    return {dict(labels)["outcome"]: value for (name, labels), value in scrape(env).items()
+            if name == "tlsproxy_upstream_pool_events_total" and dict(labels).get("route") == route}
 
 
 def bulk(env: BenchEnv, scenario: Scenario, row_bytes: int, size: RunSize, repetition: int) -> Sample:

@@ -79,6 +79,7 @@ class PooledUpstream:
         transport = self.transport
         if self.protocol is not None:
             self.protocol.cancel_timer()
+            self.protocol = None  # type: ignore[assignment]  # no cycle with it: refcounting frees both
         if transport.is_closing():
             return None
         closing = _Closing()
@@ -216,6 +217,9 @@ class UpstreamPool:
                 connection.close()
                 continue
             connection.protocol.cancel_timer()
+            # The session's for good: break the cycle with the parked protocol, or the transport (and,
+            # through its next protocol, the whole session) would wait for a full garbage collection.
+            connection.protocol = None  # type: ignore[assignment]
             return connection
         return None
 
@@ -235,6 +239,8 @@ class UpstreamPool:
         if self._closed or connection.transport.is_closing():
             connection.close()
             return
+        connection.protocol = _ParkedProtocol(self, connection)
+        connection.protocol.resetting = False
         connection.transport.set_protocol(connection.protocol)
         self._idle.append(connection)
         # Idle since it was parked: nothing reached the server meanwhile, whose wait_timeout kept counting.

@@ -1,4 +1,4 @@
-"""The benchmark (bench/) cannot rot: a tiny run end to end through all seven scenarios, and the report
+"""The benchmark (bench/) cannot rot: a tiny run end to end through every scenario, and the report
 rendered from a synthetic results dict without any server."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TINY_RUN_BUDGET_S = 120  # measured about 22 s on 2 cores; the guard only catche
 # qps of one repetition per scenario; repetition 1 is 10% faster, so median = 1.05 x these
 QPS = {"plaintext": 20000.0, "client_tls": 10000.0, "proxy_tls_tcp": 8000.0, "proxy_tls_unix": 9000.0,
        "proxy_disabled_tcp": 15000.0, "proxy_disabled_unix": 16000.0, "socat_client_tls": 9500.0,
-       "proxy_tls_tcp_full": 7000.0, "proxy_tls_tcp_prewarm": 12000.0}
+       "proxy_tls_tcp_full": 7000.0, "proxy_tls_tcp_prewarm": 12000.0, "proxy_tls_tcp_pool": 16000.0}
 
 
 def _sample(workload: str, variant: str, scenario: model.Scenario, repetition: int) -> dict[str, Any]:
@@ -104,6 +104,10 @@ def test_report_renders_synthetic_results(tmp_path: Path) -> None:
     assert "| 0.80× | 0.40× |" in proxy_row
     # CPU µs per query by role: 0.25 s / 50,000 queries = 5 µs for client, proxy and server; total 15
     assert "| 5.00 | 5.00 | – | 5.00 | 15.0 |" in proxy_row
+    # the pooled route: in the reading guide, and against both baselines with the proxy's and server's CPU
+    assert "`proxy_tls_tcp_pool` has `upstream_pool: 8`" in report
+    assert ("through the upstream pool (`proxy_tls_tcp_pool`), medians: threads=1: 840 connections/s, 1.60× "
+            "client_tls, 0.80× plaintext; CPU µs per connection proxy 50.0, server 50.0.") in report
     assert "TLSv1.3 resumed" in report and "800 [700–900]" in report  # handshake table, summaries as one cell
     # a list of records inside a record is one cell: the distinct records, or a count
     assert "| Ssl_version=TLSv1.3, Ssl_cipher=TLS_CHACHA20_POLY1305_SHA256 | 2 samples (results.json) |" in report
@@ -165,6 +169,12 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
                 assert sample["metrics"][HEADLINE[workload]] > 0, sample
                 assert set(sample["cpu_s"]) == set(scenario.roles), sample
                 assert sum(sample["cpu_s"].values()) > 0, sample
+
+    # the pooled route was used: after the first clients, logins go up as COM_CHANGE_USER on parked connections
+    pooled = [sample for sample in samples if sample["scenario"] == "proxy_tls_tcp_pool"]
+    assert pooled and all(sample["units"]["pool_reused"] > 0 for sample in pooled), pooled
+    assert all(sample["units"].get("pool_reset_failed", 0) == 0 for sample in pooled), pooled
+    assert "through the upstream pool (`proxy_tls_tcp_pool`)" in report and "on a pooled connection" in report
 
     for scenario in model.SCENARIOS:
         assert scenario.label in report

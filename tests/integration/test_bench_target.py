@@ -46,13 +46,13 @@ def test_every_scenario_and_workload_has_figures_and_the_password_is_nowhere(
     # NATIVE is REQUIRE SSL: the plaintext scenario is refused, not zero
     assert "refused" in target.not_run["plaintext"], target.not_run
     assert [scenario.name for scenario in results.scenarios] == [
-        "plaintext", "client_tls", "proxy_tls_tcp", "proxy_tls_unix", "proxy_tls_tcp_prewarm"]
+        "plaintext", "client_tls", "proxy_tls_tcp", "proxy_tls_unix", "proxy_tls_tcp_prewarm", "proxy_tls_tcp_pool"]
     figures = {(sample.workload, sample.scenario): next(iter(sample.metrics.values())) for sample in results.samples}
     for workload in ("select1", "connect", "bulk", "point_select"):
         for scenario in ("client_tls", "proxy_tls_tcp", "proxy_tls_unix"):
             assert figures[(workload, scenario)] > 0, (workload, scenario)
         assert (workload, "plaintext") not in figures
-    assert figures[("connect", "proxy_tls_tcp_prewarm")] > 0
+    assert figures[("connect", "proxy_tls_tcp_prewarm")] > 0 and figures[("connect", "proxy_tls_tcp_pool")] > 0
     for sample in results.samples:  # the server's CPU is not ours to measure
         assert "server" not in sample.cpu_s
         assert ("proxy" in sample.cpu_s) == sample.scenario.startswith("proxy")
@@ -107,5 +107,6 @@ def test_without_a_client_certificate_client_tls_is_reported_refused(mariadb: Ma
     assert run.returncode == 0, run.stdout + run.stderr
     results = model.RunResults.load(out / "results.json")
     assert results.target is not None and "--ssl-cert" in results.target.not_run["client_tls"]
-    assert {sample.scenario for sample in results.samples} == {"proxy_tls_tcp", "proxy_tls_unix", "proxy_tls_tcp_prewarm"}
+    assert {sample.scenario for sample in results.samples} == {"proxy_tls_tcp", "proxy_tls_unix", "proxy_tls_tcp_prewarm",
+                                                                  "proxy_tls_tcp_pool"}
     assert "not run" in (out / "report.md").read_text()

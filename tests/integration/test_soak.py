@@ -20,7 +20,10 @@ DURATION_S = 5
 BUDGET_S = 20  # measured about 8 s on 2 cores
 
 
-def test_tiny_soak(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", [0, 4], ids=["no pool", "upstream pool"])
+def test_tiny_soak(pool: int, tmp_path: Path) -> None:
+    """Without a pool, and with `--upstream-pool 4`: a client that quits leaves its upstream connection,
+    reset, for the next login (COM_CHANGE_USER), and every answer is still right."""
     out = tmp_path / "soak"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     started = time.monotonic()
@@ -29,7 +32,7 @@ def test_tiny_soak(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "soak", "--connections", str(CONNECTIONS), "--duration", str(DURATION_S),
          "--query-interval", "0.25", "--reconnect-rate", "10", "--blob-every", "4", "--sample-interval", "0.5",
-         "--out", str(out)],
+         "--out", str(out), "--upstream-pool", str(pool)],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=BUDGET_S * 3)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -54,6 +57,16 @@ def test_tiny_soak(tmp_path: Path) -> None:
     assert counters["tlsproxy_connections_accepted_total"] == totals["login_attempts"]
     assert counters["tlsproxy_connections_closed_total{outcome=ok}"] == totals["login_attempts"]
     assert counters["tlsproxy_connections_active"] == 0
+    events = {name.split("outcome=")[1].rstrip("}"): value for name, value in counters.items()
+              if name.startswith("tlsproxy_upstream_pool_events_total")}
+    if pool:
+        assert results["route"] == "proxy_tls_tcp_pool" and results["config"]["upstream_pool"] == pool
+        # logins on a pooled connection: at most one per park, and most reconnects find one
+        assert 0 < events["reused"] <= events["parked"], events
+        assert events["reused"] >= totals["reconnects"] / 2, events
+        assert not {"reset_failed", "denied", "closed_by_server", "in_flight"} & {k for k, v in events.items() if v}, events
+    else:
+        assert results["route"] == "proxy_tls_tcp" and events == {}
 
     steady = [sample for sample in results["samples"] if sample["phase"] == "steady"]
     assert len(steady) >= 5
@@ -69,4 +82,6 @@ def test_tiny_soak(tmp_path: Path) -> None:
     assert f"| queries | {totals['queries']:,} (" in summary
     assert f"| reconnects | {totals['reconnects']:,} (" in summary
     assert "| errors | 0 |" in summary
+    assert ("upstream pool **on**: `upstream_pool: 4`" in summary and "| upstream pool events | " in summary
+            and f"reused {events['reused']:,.0f} (" in summary) if pool else "upstream pool off" in summary
     assert f" / {rss['start_kib']:,} / {rss['end_kib']:,} / {rss['max_kib']:,} KiB |" in summary
