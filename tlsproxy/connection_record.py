@@ -137,6 +137,11 @@ class ConnectionRecord:
         """One line per connection: key=value text, or (with --log-format json) the same fields as JSON."""
         stats = self.stats
         mode = self.route.tls.mode
+        warned = mode in (SslMode.REQUIRED, SslMode.DISABLED)
+        quiet = stats.outcome in (Outcome.OK, Outcome.RELAYED, Outcome.AUTH_DENIED) and not warned
+        level = logging.INFO if quiet else logging.WARNING
+        if not log.isEnabledFor(level):
+            return  # nothing to build: a log level above it (the fields are ~20 µs of a pooled connection)
 
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 3)
@@ -168,5 +173,4 @@ class ConnectionRecord:
         message = " ".join(f"{key}={text(value)}" for key, value in fields.items() if key != "warning")
         if "warning" in fields:
             message += f" WARNING: {fields['warning']}"
-        quiet = stats.outcome in (Outcome.OK, Outcome.RELAYED, Outcome.AUTH_DENIED) and "warning" not in fields
-        log.log(logging.INFO if quiet else logging.WARNING, message, extra={"connection": fields})
+        log.log(level, message, extra={"connection": fields})

@@ -66,21 +66,42 @@ def adopted(response_prefix_of: bytes, **playbook: object) -> Playbook:
     )
 
 
+def auth_of(response: bytes) -> bytes:
+    return parse_handshake_response(response).auth_response
+
+
 def logged_in(**playbook: object) -> Playbook:
-    """The CLI on a parked connection: COM_CHANGE_USER, MariaDB's AuthSwitchRequest with the greeting's
-    nonce (PROTOCOL.md §6), the client's answer, OK."""
+    """The CLI on a parked connection: COM_CHANGE_USER, then MariaDB's AuthSwitchRequest to
+    mysql_native_password with the greeting's nonce (PROTOCOL.md §6), which the client already answered in
+    its HandshakeResponse: the proxy sends that answer up, and the client gets the OK at seq 2."""
     return (
         adopted(RESPONSE, **playbook)
         >> client >> frame(1, RESPONSE)
         << SendToServer(frame(0, change_user(RESPONSE)))
         >> server >> frame(1, switch("mysql_native_password", GREETING.nonce))
-        << SendToClient(frame(2, switch("mysql_native_password", GREETING.nonce)))
-        >> client >> frame(3, ANSWER)
-        << SendToServer(frame(2, ANSWER))
+        << SendToServer(frame(2, auth_of(RESPONSE)))
         >> server >> frame(3, OK)
-        << SendToClient(frame(4, OK))
+        << SendToClient(frame(2, OK))
         << StartRelay()
     )
+
+
+def test_any_other_switch_is_relayed_to_the_client() -> None:
+    """Another plugin, or another nonce (MySQL's and ed25519's are fresh): the client answers it itself."""
+    for plugin, nonce in (("client_ed25519", FRESH.nonce), ("mysql_native_password", FRESH.nonce)):
+        playbook = (
+            adopted(RESPONSE)
+            >> client >> frame(1, RESPONSE)
+            << SendToServer(frame(0, change_user(RESPONSE)))
+            >> server >> frame(1, switch(plugin, nonce))
+            << SendToClient(frame(2, switch(plugin, nonce)))
+            >> client >> frame(3, ANSWER)
+            << SendToServer(frame(2, ANSWER))
+            >> server >> frame(3, OK)
+            << SendToClient(frame(4, OK))
+            << StartRelay()
+        )
+        assert playbook
 
 
 def test_a_fitting_client_logs_in_through_com_change_user() -> None:
@@ -115,11 +136,9 @@ def test_a_failed_change_user_ends_the_connection_and_nothing_after_it_goes_up()
         >> client >> frame(1, RESPONSE)
         << SendToServer(frame(0, change_user(RESPONSE)))
         >> server >> frame(1, switch("mysql_native_password", GREETING.nonce))
-        << SendToClient
-        >> client >> frame(3, ANSWER)
-        << SendToServer(frame(2, ANSWER))
+        << SendToServer(frame(2, auth_of(RESPONSE)))
         >> server >> frame(3, DENIED)
-        << SendToClient(frame(4, DENIED))
+        << SendToClient(frame(2, DENIED))
         << CloseConnection(Outcome.AUTH_DENIED, "upstream denied authentication")
         >> client >> SELECT_1  # a client that goes on as if logged in
     )
@@ -201,7 +220,7 @@ def test_a_pooled_upstream_gone_after_the_server_answered_cannot_be_replaced() -
         adopted(RESPONSE)
         >> client >> frame(1, RESPONSE)
         << SendToServer
-        >> server >> frame(1, switch("mysql_native_password", GREETING.nonce))
+        >> server >> frame(1, switch("client_ed25519", FRESH.nonce))
         << SendToClient
         >> pooled_upstream_lost  # the client saw the server's words: the driver fails the connection
     )
@@ -315,3 +334,16 @@ def test_a_client_without_plugin_auth_asked_for_another_plugin_or_nonce_is_told_
             >> server >> frame(1, switch(plugin, nonce))
             << raises(ClientCapabilityError, match="upstream_pool: 0")
         )
+
+
+def test_a_pooled_upstream_gone_after_the_proxy_answered_its_switch_is_still_replaced() -> None:
+    """The client has seen nothing of the server's yet: starting over on another upstream is still possible."""
+    assert (
+        adopted(RESPONSE)
+        >> client >> frame(1, RESPONSE)
+        << SendToServer
+        >> server >> frame(1, switch("mysql_native_password", GREETING.nonce))
+        << SendToServer(frame(2, auth_of(RESPONSE)))
+        >> pooled_upstream_lost
+        << ReplaceUpstream
+    )

@@ -520,13 +520,14 @@ async def test_the_next_client_logs_in_on_the_parked_connection_through_com_chan
     assert sent[4:].startswith(b"\x11app\x00" + bytes((len(scramble),)) + scramble + b"\x00"
                                + bytes((response[8], 0)) + b"mysql_native_password\x00")
     assert sent.endswith(b"program_name\x05mysql\x0c_server_host\t127.0.0.1")
+    # MariaDB's switch to native password over the greeting's nonce: the client's answer is the one in its
+    # response, which the proxy sends up itself; the client sees the OK at seq 2.
     switch = b"\xfemysql_native_password\x00" + G.MARIADB_10_11_CAPTURED.nonce + b"\x00"
     h.parked_sends(frame(1, switch))  # the session's protocol now; the helper feeds whatever is set
-    assert h.client.take() == frame(2, switch)
-    h.client_sends(frame(3, bytes(20)))
-    assert upgraded.take() == frame(2, bytes(20))
+    assert h.client.take() == b""
+    assert upgraded.take() == frame(2, scramble)
     h.parked_sends(frame(3, OK_PACKET))
-    assert h.client.take() == frame(4, OK_PACKET)
+    assert h.client.take() == frame(2, OK_PACKET)
     assert h.sample("tlsproxy_upstream_pool_events_total", outcome="reused") == 1
     assert h.sample("tlsproxy_handshake_duration_seconds_count", phase="change_user") == 1
     assert h.sample("tlsproxy_handshake_duration_seconds_count", phase="auth") == 1  # the first client's

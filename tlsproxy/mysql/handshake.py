@@ -183,6 +183,7 @@ class HandshakeMachine(PrewarmAdoption):
         greeting = self._take_greeting(frame)
         self.auth_plugin = greeting.auth_plugin_name
         patched = patch_greeting_capabilities(frame.payload, greeting, MASKED_CAPABILITIES)
+        self._answered_nonce = greeting.nonce
         self._set_state(State.CLIENT_RESPONSE)
         self._greeting_sent = True
         self._client_seq = 1
@@ -203,8 +204,10 @@ class HandshakeMachine(PrewarmAdoption):
             return self._finish_auth(payload, succeeded=False)
         if head == PacketHeader.AUTH_SWITCH:
             switch = parse_auth_switch(payload)
-            if self.pooled and self._state is State.AUTH and not self._client_can_switch():
-                return self._answer_switch_for_the_client(switch)
+            if self.pooled and self._state is State.AUTH and self._server_seq == 2:
+                answer = self._answer_switch_for_the_client(switch)
+                if answer is not None:
+                    return answer
             self.auth_plugin = switch.plugin_name
             if switch.auth_plugin_data:
                 self._nonce = switch.nonce
@@ -217,21 +220,29 @@ class HandshakeMachine(PrewarmAdoption):
                 return [self._to_client(ask_client)]
         return [self._to_client(payload)]
 
-    def _client_can_switch(self) -> bool:
-        return self.client_response is not None and bool(self.client_response.capability_flags & Capability.PLUGIN_AUTH)
-
-    def _answer_switch_for_the_client(self, switch: AuthSwitchRequest) -> list[Effect]:
-        """MariaDB answers a COM_CHANGE_USER with an AuthSwitchRequest even for a client without
-        CLIENT_PLUGIN_AUTH (PROTOCOL.md §6.3), which that client cannot read. For mysql_native_password
-        over the greeting's own nonce (the connection's scramble, reused) the client's answer is already in
-        its HandshakeResponse: send that up, and the client sees OK or ERR, as at connect."""
+    def _answer_switch_for_the_client(self, switch: AuthSwitchRequest) -> list[Effect] | None:
+        """The server's first answer to a pooled login is an AuthSwitchRequest (MariaDB sends one to every
+        client, PROTOCOL.md §6.3). For mysql_native_password over the greeting's own nonce (the connection's
+        scramble, reused: the nonce the client answered) the client's answer is already in its HandshakeResponse:
+        send it up, and the client gets OK or ERR at seq 2 as at connect, a round trip sooner. A client
+        without CLIENT_PLUGIN_AUTH could not read the switch at all; for any other switch it is refused.
+        None: relay the switch to the client."""
         assert self.client_response is not None and self.greeting is not None
-        if switch.plugin_name != AuthPlugin.NATIVE or switch.nonce != self.greeting.nonce:
-            raise ClientCapabilityError(
-                f"the server asked this client to switch to {switch.plugin_name} on a pooled connection, and the "
-                "client cannot answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set upstream_pool: 0 on this "
-                "route")
-        return [self._to_server(self.client_response.auth_response)]
+        response = self.client_response
+        native_over_our_nonce = switch.plugin_name == AuthPlugin.NATIVE and switch.nonce == self._answered_nonce
+        if not response.capability_flags & Capability.PLUGIN_AUTH:
+            if not native_over_our_nonce:
+                raise ClientCapabilityError(
+                    f"the server asked this client to switch to {switch.plugin_name} on a pooled connection, and "
+                    "the client cannot answer an AuthSwitchRequest (no CLIENT_PLUGIN_AUTH); set upstream_pool: 0 "
+                    "on this route")
+            return [self._to_server(response.auth_response)]
+        if native_over_our_nonce and response.auth_plugin_name == AuthPlugin.NATIVE and self._rsa_idle():
+            return [self._to_server(response.auth_response)]
+        return None
+
+    def _rsa_idle(self) -> bool:
+        return self._rsa is None or not self._rsa.emulated
 
     def _finish_auth(self, payload: bytes, *, succeeded: bool) -> list[Effect]:
         effects: list[Effect] = [self._to_client(payload)]

@@ -71,6 +71,9 @@ class MachineCore:
         """The SSLRequest payload this client's upstream connection needs (learned by the prewarm pool)."""
         self._client_protocol_41: bool | None = None
         self._nonce = b""
+        self._answered_nonce = b""
+        """The nonce the client's auth data in its HandshakeResponse answers (its greeting's, or the proxy's
+        AuthSwitchRequest's after a replacement)."""
         self.auth_plugin = ""
         self._watcher = CommandWatcher(max_handshake_packet)
         self._held_behind_change_user = b""

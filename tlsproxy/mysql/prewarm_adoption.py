@@ -79,8 +79,8 @@ class PrewarmAdoption(MachineCore):
         if self._state is State.CLIENT_RESPONSE:
             self._upstream_gone = True  # the client's response asks for another upstream (`ReplaceUpstream`)
             return []
-        if self._state is not State.AUTH or self._server_seq != 1 or self._client_seq != 2:
-            return []
+        if self._state is not State.AUTH or self._client_seq != 2 or self.rsa_exchange_emulated:
+            return []  # the client saw a server packet (or the proxy's key): too late to start over
         assert self.client_response is not None
         if not self.client_response.capability_flags & Capability.PLUGIN_AUTH:
             return []
@@ -126,6 +126,7 @@ class PrewarmAdoption(MachineCore):
         plugin = self.client_response.auth_plugin_name or self.greeting.auth_plugin_name
         self.auth_plugin = plugin
         switch = AuthSwitchRequest(plugin, self._nonce + b"\x00")
+        self._answered_nonce = self._nonce
         return [self._to_client(switch.encode_payload())]
 
     def _on_reauth_reply(self, payload: bytes) -> list[Effect]:
