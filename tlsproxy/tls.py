@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
@@ -42,22 +44,24 @@ class UpstreamTls:
     """Resumable sessions of `context` (None: resumption off)."""
 
 
-class MeteredSSLObject(ssl.SSLObject):
-    """An SSLObject that adds up the thread CPU time spent inside its own handshake steps: exactly the
-    TLS handshake's CPU (key exchange, signature checks, certificate verification), not the event
-    loop's other work. asyncio and uvloop both create it through `SSLContext.wrap_bio`.
+class HandshakeMeter:
+    """Adds up the thread CPU time spent inside the connection's own handshake steps: exactly the TLS
+    handshake's CPU (key exchange, signature checks, certificate verification and, on a socket, the
+    system calls that carry its records), not the event loop's other work.
 
     It also reports back on the session it was offered (`offered_session`, set by
-    `UpstreamSSLContext.wrap_bio`): a handshake that fails, or that the server did not resume, drops
-    that session from the cache."""
+    `UpstreamSSLContext`): a handshake that fails, or that the server did not resume, drops that
+    session from the cache."""
 
     handshake_cpu_seconds = 0.0
     offered_session: ssl.SSLSession | None = None
+    context: ssl.SSLContext
+    session_reused: bool
 
-    def do_handshake(self) -> None:
+    def do_handshake(self, *args: Any) -> None:
         started = time.thread_time()
         try:
-            super().do_handshake()
+            super().do_handshake(*args)  # type: ignore[misc]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except BaseException:
@@ -75,25 +79,50 @@ class MeteredSSLObject(ssl.SSLObject):
             cache.discard(self.offered_session)
 
 
+class MeteredSSLObject(HandshakeMeter, ssl.SSLObject):
+    """The metered connection over MemoryBIOs (`loop.start_tls`: asyncio and uvloop create it through
+    `SSLContext.wrap_bio`)."""
+
+
+class MeteredSSLSocket(HandshakeMeter, ssl.SSLSocket):
+    """The metered connection on the socket itself (`tls_leg`, through `SSLContext.wrap_socket`)."""
+
+
 class UpstreamSSLContext(ssl.SSLContext):
-    """The client context of one route. asyncio's and uvloop's `start_tls` take no session, but both
-    create the connection's SSLObject through `wrap_bio`, which can: this one offers the newest cached
-    session for the same server name. Verification is not weakened by it: the session was verified in
-    full under this very context (CA, CRL, host name), and a reload builds a new context with an empty
-    cache."""
+    """The client context of one route. It offers the newest cached session for the same server name to
+    every connection it wraps (`wrap_socket` for `tls_leg`; `wrap_bio`, which asyncio's and uvloop's
+    `start_tls` call and which is their only way to take a session). Verification is not weakened by
+    it: the session was verified in full under this very context (CA, CRL, host name), and a reload
+    builds a new context with an empty cache."""
 
     session_cache: TlsSessionCache | None = None
 
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
-                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+    def _cached_session(self, server_side: bool, server_hostname: str | None,
+                        session: ssl.SSLSession | None) -> ssl.SSLSession | None:
         cache = self.session_cache
         if session is None and cache is not None and not server_side:
             session = cache.take(server_hostname)
+        return session
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        session = self._cached_session(server_side, server_hostname, session)
         ssl_object = super().wrap_bio(incoming, outgoing, server_side=server_side,
                                       server_hostname=server_hostname, session=session)
-        if isinstance(ssl_object, MeteredSSLObject):
+        if isinstance(ssl_object, HandshakeMeter):
             ssl_object.offered_session = session
         return ssl_object
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        session = self._cached_session(server_side, server_hostname, session)
+        tls_socket = super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=do_handshake_on_connect,
+                                         suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=server_hostname,
+                                         session=session)
+        if isinstance(tls_socket, HandshakeMeter):
+            tls_socket.offered_session = session
+        return tls_socket
 
 
 def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None:
@@ -111,6 +140,7 @@ def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None
 def build_client_context(settings: TlsSettings, key_prefix: str = "") -> UpstreamSSLContext:
     context = UpstreamSSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.sslobject_class = MeteredSSLObject
+    context.sslsocket_class = MeteredSSLSocket
     versions = settings.tls_versions
     cipher = settings.cipher
     if settings.allow_legacy_tls and versions[0] in ("TLSv1", "TLSv1.1"):

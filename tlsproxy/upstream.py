@@ -15,11 +15,11 @@ import threading
 import time
 from typing import Awaitable, Callable, Protocol
 
-from tlsproxy import descriptors
+from tlsproxy import descriptors, tls_leg
 from tlsproxy.config import Route
 from tlsproxy.connection_record import ConnectionStats
 from tlsproxy.errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamTimeoutError
-from tlsproxy.tls import UpstreamTls, describe_tls_failure
+from tlsproxy.tls import UpstreamTls
 
 log = logging.getLogger("tlsproxy.session")  # the retries stay under the session's logger name
 
@@ -68,18 +68,10 @@ async def connect(route: Route, protocol_factory: ProtocolFactory, *, conn_id: i
 
 async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol, upstream_tls: UpstreamTls,
                     handshake_timeout: float) -> asyncio.Transport | None:
-    """Upgrade the (read-paused) plaintext leg with `loop.start_tls`, never a StreamWriter (STYLE.md:
-    uvloop #707 / CPython #142352). A failed handshake raises the proxy error that names its cause."""
-    try:
-        return await asyncio.get_running_loop().start_tls(
-            transport, protocol, upstream_tls.context,
-            server_hostname=upstream_tls.server_hostname,
-            ssl_handshake_timeout=max(handshake_timeout, 0.1),
-        )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # ssl, OS and EOF errors
-        raise describe_tls_failure(exc, upstream_tls) from None
+    """Upgrade the (read-paused) plaintext leg: a `tls_leg.TlsLeg`, OpenSSL on the socket itself, shaped
+    like an asyncio transport (never a StreamWriter: STYLE.md, uvloop #707 / CPython #142352). A failed
+    handshake raises the proxy error that names its cause."""
+    return await tls_leg.start_tls(transport, protocol, upstream_tls, handshake_timeout)
 
 
 def note_tls(stats: ConnectionStats, transport: asyncio.BaseTransport) -> None:

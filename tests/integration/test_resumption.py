@@ -138,16 +138,16 @@ def test_a_resumed_connection_does_not_read_its_session(mariadb: MariaDBServer, 
     proxy reads it only after a full handshake: once per session, not once per connection."""
     import ssl
 
-    from tlsproxy.tls import MeteredSSLObject
+    from tlsproxy.tls import MeteredSSLSocket
 
     reads = []
-    original = ssl.SSLObject.session
+    original = ssl.SSLSocket.session
 
-    def counted(self: ssl.SSLObject) -> ssl.SSLSession | None:
+    def counted(self: ssl.SSLSocket) -> ssl.SSLSession | None:
         reads.append(1)
         return original.fget(self)  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(MeteredSSLObject, "session", property(counted, original.fset), raising=False)
+    monkeypatch.setattr(MeteredSSLSocket, "session", property(counted, original.fset), raising=False)
     with ProxyThread(make_route(mariadb.port, ca_file=pki.ca, name="r")) as proxy:
         for _ in range(5):
             query(proxy.port)

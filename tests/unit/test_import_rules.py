@@ -175,9 +175,10 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "descriptors": frozenset(),
     # the driver: TLS, connections, listeners, admin
     "tls": frozenset({"config", "certs", "errors", "outcome", "tls_sessions"}),
-    "prewarm": CORE | {"config", "descriptors", "metrics", "logs", "tls"},
+    "tls_leg": frozenset({"tls"}),
+    "prewarm": CORE | {"config", "descriptors", "metrics", "logs", "tls", "tls_leg"},
     "connection_record": frozenset({"config", "metrics", "outcome"}),
-    "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls"}),
+    "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls", "tls_leg"}),
     "session": CORE | {"config", "metrics", "logs", "tls", "prewarm", "upstream", "connection_record"},
     "acceptor": CORE | {"descriptors"},
     "server": CORE | {"acceptor", "allocator", "config", "descriptors", "metrics", "logs", "tls", "prewarm",
