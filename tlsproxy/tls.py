@@ -9,13 +9,14 @@ explicit configuration, and loudly logged by the caller.
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
@@ -256,23 +257,45 @@ def _check_ca_directory(path: Path, key: str) -> None:
                                f"it; run `openssl rehash {path}` (or c_rehash), or give a bundle with ssl_ca")
 
 
-def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:
-    """Python's ssl module has no API for TLS 1.3 suites; call OpenSSL's SSL_CTX_set_ciphersuites on the
-    context's SSL_CTX, after checking that the pointer really is that SSL_CTX (its options must match)."""
+@functools.cache
+def _openssl(*names: str) -> list[Any] | None:
+    """OpenSSL functions of the library this Python's `ssl` module runs on, or None. Each caller sets
+    the types of the functions it uses (always the same ones), once per process."""
     try:
         import _ssl
 
         library = ctypes.CDLL(_ssl.__file__)
-        set_suites = library.SSL_CTX_set_ciphersuites
-        get_options = library.SSL_CTX_get_options
+        return [getattr(library, name) for name in names]
     except (OSError, AttributeError):
-        raise ConfigError(key, "this Python's OpenSSL does not allow choosing TLS 1.3 cipher suites") from None
-    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    set_suites.restype = ctypes.c_int
+        return None
+
+
+def _context_pointer(context: ssl.SSLContext) -> int | None:
+    """The SSL_CTX of `context` (a PySSLContext holds it right after the object header), checked: OpenSSL
+    must report the options Python reports for the context."""
+    functions = _openssl("SSL_CTX_get_options")
+    if functions is None:
+        return None
+    get_options, = functions
     get_options.argtypes = [ctypes.c_void_p]
     get_options.restype = ctypes.c_uint64
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer or get_options(pointer) != context.options:
+        return None
+    return pointer
+
+
+def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:
+    """Python's ssl module has no API for TLS 1.3 suites; call OpenSSL's SSL_CTX_set_ciphersuites on the
+    context's SSL_CTX, after checking that the pointer really is that SSL_CTX (its options must match)."""
+    functions = _openssl("SSL_CTX_set_ciphersuites")
+    if functions is None:
+        raise ConfigError(key, "this Python's OpenSSL does not allow choosing TLS 1.3 cipher suites")
+    set_suites, = functions
+    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    set_suites.restype = ctypes.c_int
+    pointer = _context_pointer(context)
+    if pointer is None:
         raise ConfigError(key, "cannot reach this Python's OpenSSL context to set TLS 1.3 cipher suites")
     if set_suites(pointer, suites.encode("ascii")) != 1:
         raise ConfigError(key, f"OpenSSL accepts no TLS 1.3 suite in {suites!r} (e.g. TLS_AES_256_GCM_SHA384)")
@@ -282,6 +305,50 @@ def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> No
     if unknown:
         raise ConfigError(key, f"unknown TLS 1.3 suite(s) {', '.join(sorted(unknown))}; OpenSSL offers "
                                f"{', '.join(sorted(offered)) or 'none of them'}")
+
+
+READ_BUFFER_BYTES = 64 * 1024
+"""OpenSSL's read buffer per connection while it holds data (read-ahead: what one system call may take)."""
+_SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS = 33, 0x10
+
+
+def tune_reads(tls_socket: ssl.SSLSocket) -> Callable[[], int] | None:
+    """Set one connection up for reading straight from its socket, and return its `SSL_has_pending`;
+    None (and OpenSSL left as Python sets it up) where this Python's OpenSSL cannot be reached safely.
+
+    - Read-ahead: without it OpenSSL reads a record in two system calls, its 5-byte header and then its
+      body; with it, one read takes whatever the socket holds, up to the read buffer. Whatever it holds
+      beyond the record being read stays inside OpenSSL, where the socket's readiness cannot announce
+      it and `SSLSocket.pending()` (decrypted bytes only) does not count it: the caller must read on
+      while `SSL_has_pending` is true.
+    - Buffers only while in use (SSL_MODE_RELEASE_BUFFERS): an idle connection holds no read or write
+      buffer (about 34 KiB less each), so the read buffer can be larger: READ_BUFFER_BYTES, several
+      records per system call for a bulk result.
+
+    The SSL pointer sits in the C object `SSLSocket._sslobj` after the header and the weak reference to
+    the socket; it is checked by its SSL_CTX, which must be the context's (itself checked by its options)."""
+    functions = _openssl("SSL_has_pending", "SSL_set_read_ahead", "SSL_get_SSL_CTX", "SSL_ctrl",
+                         "SSL_set_default_read_buffer_len")
+    context_pointer = _context_pointer(tls_socket.context)
+    ssl_object = getattr(tls_socket, "_sslobj", None)
+    if functions is None or context_pointer is None or ssl_object is None:
+        return None
+    has_pending, set_read_ahead, get_context, control, set_read_buffer = functions
+    has_pending.argtypes = get_context.argtypes = [ctypes.c_void_p]
+    has_pending.restype = ctypes.c_int
+    get_context.restype = ctypes.c_void_p
+    set_read_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    set_read_ahead.restype = set_read_buffer.restype = None
+    control.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    control.restype = ctypes.c_long
+    set_read_buffer.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pointer = ctypes.c_void_p.from_address(id(ssl_object) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
+    if not pointer or get_context(pointer) != context_pointer:
+        return None
+    set_read_ahead(pointer, 1)
+    set_read_buffer(pointer, READ_BUFFER_BYTES)
+    control(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+    return functools.partial(has_pending, ctypes.c_void_p(pointer))
 
 
 # ---- failures ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from tlsproxy.tls import UpstreamTls, describe_tls_failure
+from tlsproxy.tls import UpstreamTls, describe_tls_failure, tune_reads
 
 log = logging.getLogger("tlsproxy.session")
 
@@ -128,7 +128,7 @@ class TlsLeg(asyncio.Transport):
     """The upstream connection after the TLS handshake (see the module's docstring)."""
 
     __slots__ = ("_loop", "_socket", "_ssl", "_fd", "_protocol", "_buffered", "_reading", "_closing",
-                 "_lost", "_retry", "_queue", "_writing", "_high_water", "_low_water", "_protocol_paused")
+                 "_lost", "_has_pending", "_retry", "_queue", "_writing", "_high_water", "_low_water", "_protocol_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tls_socket: ssl.SSLSocket,
                  protocol: asyncio.BaseProtocol) -> None:
@@ -138,6 +138,8 @@ class TlsLeg(asyncio.Transport):
         self._socket: ssl.SSLSocket | None = tls_socket
         self._ssl = tls_socket._sslobj  # the C object: SSLSocket's Python wrappers cost a call each  # type: ignore[attr-defined]
         self._fd = tls_socket.fileno()
+        self._has_pending: Callable[[], int] = tune_reads(tls_socket) or self._ssl.pending
+        """Whether OpenSSL holds bytes the socket's readiness will not announce (read-ahead: undecrypted ones too)."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._reading = False
@@ -193,7 +195,7 @@ class TlsLeg(asyncio.Transport):
             return
         self._reading = True
         self._loop.add_reader(self._fd, self._on_readable)
-        if self._ssl.pending():  # read before a pause and not yet handed on: the socket will not say so
+        if self._has_pending():  # read before a pause and not yet handed on: the socket will not say so
             self._loop.call_soon(self._on_readable)
 
     def can_write_eof(self) -> bool:
@@ -221,19 +223,9 @@ class TlsLeg(asyncio.Transport):
     # ---- reading -------------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        ssl_object = self._ssl
         try:
             while self._reading and not self._closing:
-                if self._buffered:
-                    if not self._read_buffered():
-                        break
-                else:
-                    data = ssl_object.read(_PLAIN_READ_SIZE)
-                    if not data:
-                        self._eof()
-                        return
-                    self._protocol.data_received(data)  # type: ignore[attr-defined]
-                if not ssl_object.pending():
+                if not (self._read_buffered() if self._buffered else self._read_bytes()):
                     break
         except _NO_DATA:
             pass
@@ -247,30 +239,46 @@ class TlsLeg(asyncio.Transport):
                 raise
 
     def _read_buffered(self) -> bool:
-        """One buffer's worth: False at EOF (already handled)."""
+        """Fill the protocol's buffer and hand it on: with one read for a short answer, on to the end of a
+        stream of full records. True when OpenSSL still holds more than the buffer took."""
         protocol: asyncio.BufferedProtocol = self._protocol  # type: ignore[assignment]
         buffer = protocol.get_buffer(-1)
         size = len(buffer)
-        read = self._ssl.read
-        count = total = read(size, buffer)
-        if not count:
-            self._eof()
-            return False
+        read, has_pending = self._ssl.read, self._has_pending
+        total = 0
+        more = ended = False
         try:
-            while total < size and (count >= STREAMING_READ or self._ssl.pending()):
-                count = read(size - total, memoryview(buffer)[total:])
+            while True:
+                count = read(size - total, memoryview(buffer)[total:] if total else buffer)
                 if not count:
+                    ended = True
                     break
                 total += count
+                if count < STREAMING_READ and not has_pending():
+                    break
+                if total >= size:
+                    more = bool(has_pending())
+                    break
         except _NO_DATA:
-            count = total
+            if not total:
+                raise
         except _EOF:
-            count = 0
-        protocol.buffer_updated(total)
-        if not count:
+            ended = True
+        if total:
+            protocol.buffer_updated(total)
+        if ended:
             self._eof()
             return False
-        return True
+        return more
+
+    def _read_bytes(self) -> bool:
+        """For a plain Protocol (`data_received`): one read, bytes of their own."""
+        data = self._ssl.read(_PLAIN_READ_SIZE)
+        if not data:
+            self._eof()
+            return False
+        self._protocol.data_received(data)  # type: ignore[attr-defined]
+        return bool(self._has_pending())
 
     def _eof(self) -> None:
         if self._closing:

@@ -118,7 +118,10 @@ class _ReadBuffer:
     """One read buffer per event loop thread, shared by every upstream leg: the loop runs one callback
     at a time, and each chunk is copied out (to exactly its size) before the callback returns."""
 
-    SIZE = 256 * 1024  # uvloop's SSL layer reads at most this much per call
+    SIZE = 112 * 1024
+    """7 TLS records, one client write for a bulk result. Each chunk is copied to a bytes object of its
+    own, and glibc serves an allocation of 128 KiB or more with mmap and frees it with munmap: two
+    system calls and page faults per chunk."""
     _local = threading.local()
 
     @classmethod
@@ -130,9 +133,10 @@ class _ReadBuffer:
 
 
 class UpstreamSide(asyncio.BufferedProtocol):
-    """The upstream leg. A BufferedProtocol, so that uvloop's SSL layer decrypts into a reused buffer:
-    with a plain Protocol it allocates (and, for a short record, shrinks and frees) a 256 KiB bytes
-    object per read, three system calls (mmap, mremap, munmap) on every server answer."""
+    """The upstream leg's protocol. A BufferedProtocol, so that the TLS leg (tls_leg.TlsLeg) decrypts
+    into a reused buffer, and a plaintext transport reads into it: with a plain Protocol a 256 KiB bytes
+    object would be allocated (and, for a short answer, shrunk and freed) per read, three system calls
+    (mmap, mremap, munmap) on every server answer."""
 
     def __init__(self, session: UpstreamEvents) -> None:
         self.session = session
