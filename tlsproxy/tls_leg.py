@@ -39,6 +39,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from tlsproxy import descriptors
+from tlsproxy.errors import OutOfDescriptorsError
 from tlsproxy.tls import UpstreamTls, describe_tls_failure, tune_reads
 
 log = logging.getLogger("tlsproxy.session")
@@ -62,16 +64,18 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
     loop = asyncio.get_running_loop()
     while transport.get_write_buffer_size() and not transport.is_closing():
         await asyncio.sleep(0.001)  # the SSLRequest must be on the wire before the ClientHello
-    sock = take_socket(transport)
     try:
-        tls_socket = upstream_tls.context.wrap_socket(sock, server_hostname=upstream_tls.server_hostname,
+        tls_socket: socket.socket = take_socket(transport)
+    except OSError as exc:
+        if descriptors.is_exhaustion(exc):  # the duplicate descriptor: the proxy's own failure, as in connect
+            descriptors.note_exhausted()
+            raise OutOfDescriptorsError(descriptors.exhausted_message()) from None
+        raise describe_tls_failure(exc, upstream_tls) from None
+    try:
+        tls_socket = upstream_tls.context.wrap_socket(tls_socket, server_hostname=upstream_tls.server_hostname,
                                                       do_handshake_on_connect=False)
-    except BaseException:
-        sock.close()
-        raise
-    try:
         async with asyncio.timeout(max(handshake_timeout, 0.1)):
-            await handshake(loop, tls_socket)
+            await handshake(loop, tls_socket)  # type: ignore[arg-type]
     except asyncio.CancelledError:
         tls_socket.close()
         raise
@@ -83,16 +87,22 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
         if isinstance(exc, _EOF) or (isinstance(exc, ssl.SSLSyscallError) and not exc.errno):
             exc = ConnectionResetError("the upstream closed the connection")  # as asyncio reports it
         raise describe_tls_failure(exc, upstream_tls) from None
-    return TlsLeg(loop, tls_socket, protocol)
+    return TlsLeg(loop, tls_socket, protocol)  # type: ignore[arg-type]
 
 
 def take_socket(transport: asyncio.Transport) -> socket.socket:
     """A socket of its own on the transport's connection (a duplicate descriptor, non-blocking); the
-    transport is then dropped without telling its protocol."""
+    transport is then dropped without telling its protocol. The duplicate costs a descriptor for as long
+    as the loop takes to close the transport's (its next iteration)."""
     raw = transport.get_extra_info("socket")
     if raw is None:
         raise ConnectionResetError("the upstream connection is gone")
-    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    fd = os.dup(raw.fileno())
+    try:
+        sock = socket.socket(fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
     sock.setblocking(False)
     transport.set_protocol(asyncio.Protocol())
     transport.abort()

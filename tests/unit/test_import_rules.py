@@ -175,7 +175,7 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "descriptors": frozenset(),
     # the driver: TLS, connections, listeners, admin
     "tls": frozenset({"config", "certs", "errors", "outcome", "tls_sessions"}),
-    "tls_leg": frozenset({"tls"}),
+    "tls_leg": frozenset({"descriptors", "errors", "tls"}),
     "prewarm": CORE | {"config", "descriptors", "metrics", "logs", "tls", "tls_leg"},
     "connection_record": frozenset({"config", "metrics", "outcome"}),
     "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls", "tls_leg"}),

@@ -5,6 +5,7 @@ close_notify, EOF, and failures mapped to the proxy's errors as `loop.start_tls`
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import socket
 import ssl
@@ -20,7 +21,7 @@ import uvloop
 from tests.support.pki import TestPki
 from tlsproxy import tls_leg
 from tlsproxy.config import Route, TcpAddress, TlsSettings
-from tlsproxy.errors import CertificateVerifyError, TlsInjectionError, UpstreamTlsError
+from tlsproxy.errors import CertificateVerifyError, OutOfDescriptorsError, TlsInjectionError, UpstreamTlsError
 from tlsproxy.outcome import Outcome
 from tlsproxy.tls import MeteredSSLSocket, UpstreamTls, build_upstream_tls
 
@@ -370,3 +371,17 @@ def test_the_plaintext_transport_is_dropped_without_telling_its_protocol(pki: Te
             assert await in_thread(peer.read_exactly, 8) == b"still up"
     run(test)
 
+
+
+def test_no_descriptor_for_the_duplicate_is_the_proxys_own_failure(pki: TestPki, run: Callable[..., None],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def test() -> None:
+        async with plain_peer() as (transport, _):
+            monkeypatch.setattr(tls_leg.os, "dup", exhausted)
+            with pytest.raises(OutOfDescriptorsError):
+                await tls_leg.start_tls(transport, Recorder(), upstream_tls(pki), 10)
+            transport.abort()
+    run(test)
