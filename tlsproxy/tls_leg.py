@@ -32,6 +32,7 @@ The rules of the relay:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -84,7 +85,8 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
         raise describe_tls_failure(ConnectionAbortedError("the TLS handshake timed out"), upstream_tls) from None
     except Exception as exc:  # ssl, OS and EOF errors
         tls_socket.close()
-        if isinstance(exc, _EOF) or (isinstance(exc, ssl.SSLSyscallError) and not exc.errno):
+        if (isinstance(exc, _EOF) or (isinstance(exc, ssl.SSLSyscallError) and not exc.errno)
+                or (type(exc) is OSError and exc.errno == errno.ENOTCONN)):  # a reset before the first step
             exc = ConnectionResetError("the upstream closed the connection")  # as asyncio reports it
         raise describe_tls_failure(exc, upstream_tls) from None
     return TlsLeg(loop, tls_socket, protocol)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -320,10 +321,15 @@ def test_an_untrusted_certificate_is_the_same_error(pki: TestPki, run: Callable[
     run(test)
 
 
-def test_the_server_closing_during_the_handshake_is_upstream_lost(pki: TestPki, run: Callable[..., None]) -> None:
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+def test_the_server_closing_during_the_handshake_is_upstream_lost(pki: TestPki, run: Callable[..., None],
+                                                                  reset: bool) -> None:
     async def test() -> None:
         async with plain_peer() as (transport, accepted):
+            if reset:  # RST: the socket is no longer connected when the leg takes it (ENOTCONN)
+                accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             accepted.close()
+            await asyncio.sleep(0.05)
             with pytest.raises(UpstreamTlsError) as caught:
                 await tls_leg.start_tls(transport, Recorder(), upstream_tls(pki), 10)
             assert caught.value.metric_label is Outcome.UPSTREAM_LOST
@@ -384,4 +390,20 @@ def test_no_descriptor_for_the_duplicate_is_the_proxys_own_failure(pki: TestPki,
             with pytest.raises(OutOfDescriptorsError):
                 await tls_leg.start_tls(transport, Recorder(), upstream_tls(pki), 10)
             transport.abort()
+    run(test)
+
+
+def test_a_socket_no_longer_connected_is_upstream_lost(pki: TestPki, run: Callable[..., None],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reset that lands between the greeting and the first handshake step: `ssl` finds the socket not
+    connected (ENOTCONN), which is the upstream gone, not a TLS failure of its own."""
+    async def not_connected(loop: asyncio.AbstractEventLoop, tls_socket: ssl.SSLSocket) -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    async def test() -> None:
+        async with plain_peer() as (transport, _):
+            monkeypatch.setattr(tls_leg, "handshake", not_connected)
+            with pytest.raises(UpstreamTlsError) as caught:
+                await tls_leg.start_tls(transport, Recorder(), upstream_tls(pki), 10)
+            assert caught.value.metric_label is Outcome.UPSTREAM_LOST
     run(test)
