@@ -75,6 +75,7 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
     try:
         tls_socket = upstream_tls.context.wrap_socket(tls_socket, server_hostname=upstream_tls.server_hostname,
                                                       do_handshake_on_connect=False)
+        has_pending = tune_reads(tls_socket)  # type: ignore[arg-type]  # read-ahead: fewer reads in the handshake too
         async with asyncio.timeout(max(handshake_timeout, 0.1)):
             await handshake(loop, tls_socket)  # type: ignore[arg-type]
     except asyncio.CancelledError:
@@ -89,7 +90,7 @@ async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol
                 or (type(exc) is OSError and exc.errno == errno.ENOTCONN)):  # a reset before the first step
             exc = ConnectionResetError("the upstream closed the connection")  # as asyncio reports it
         raise describe_tls_failure(exc, upstream_tls) from None
-    return TlsLeg(loop, tls_socket, protocol)  # type: ignore[arg-type]
+    return TlsLeg(loop, tls_socket, protocol, has_pending)  # type: ignore[arg-type]
 
 
 def take_socket(transport: asyncio.Transport) -> socket.socket:
@@ -113,27 +114,39 @@ def take_socket(transport: asyncio.Transport) -> socket.socket:
 
 async def handshake(loop: asyncio.AbstractEventLoop, tls_socket: ssl.SSLSocket) -> None:
     """`do_handshake` steps until done, waiting for the socket between them. The steps are the only work
-    timed by the handshake CPU metric (tls.MeteredSSLSocket)."""
+    timed by the handshake CPU metric (tls.MeteredSSLSocket). Once done, the socket's reader callback
+    stays registered: the leg replaces it with its own (one registration for the connection's life)."""
     fd = tls_socket.fileno()
-    while True:
-        try:
-            tls_socket.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            add, remove = loop.add_reader, loop.remove_reader
-        except ssl.SSLWantWriteError:
-            add, remove = loop.add_writer, loop.remove_writer
-        ready = loop.create_future()
-        add(fd, _set_once, ready)
-        try:
-            await ready
-        finally:
-            remove(fd)
+    waiting: list[asyncio.Future[None]] = []
 
+    def wake() -> None:
+        if waiting and not waiting[-1].done():
+            waiting[-1].set_result(None)
 
-def _set_once(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    reading = False
+    try:
+        while True:
+            writing = False
+            try:
+                tls_socket.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                if not reading:
+                    loop.add_reader(fd, wake)
+                    reading = True
+            except ssl.SSLWantWriteError:
+                loop.add_writer(fd, wake)
+                writing = True
+            waiting[:] = [loop.create_future()]
+            try:
+                await waiting[-1]
+            finally:
+                if writing:
+                    loop.remove_writer(fd)
+    except BaseException:
+        if reading:
+            loop.remove_reader(fd)
+        raise
 
 
 class TlsLeg(asyncio.Transport):
@@ -142,15 +155,16 @@ class TlsLeg(asyncio.Transport):
     __slots__ = ("_loop", "_socket", "_ssl", "_fd", "_protocol", "_buffered", "_reading", "_closing",
                  "_lost", "_has_pending", "_retry", "_queue", "_writing", "_high_water", "_low_water", "_protocol_paused")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tls_socket: ssl.SSLSocket,
-                 protocol: asyncio.BaseProtocol) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tls_socket: ssl.SSLSocket, protocol: asyncio.BaseProtocol,
+                 has_pending: Callable[[], int] | None = None) -> None:
+        """`has_pending`: `tls.tune_reads`'s, when it set the connection up (else `pending()` is all there is)."""
         super().__init__({"peername": _address(tls_socket.getpeername),
                           "sockname": _address(tls_socket.getsockname)})
         self._loop = loop
         self._socket: ssl.SSLSocket | None = tls_socket
         self._ssl = tls_socket._sslobj  # the C object: SSLSocket's Python wrappers cost a call each  # type: ignore[attr-defined]
         self._fd = tls_socket.fileno()
-        self._has_pending: Callable[[], int] = tune_reads(tls_socket) or self._ssl.pending
+        self._has_pending: Callable[[], int] = has_pending or self._ssl.pending
         """Whether OpenSSL holds bytes the socket's readiness will not announce (read-ahead: undecrypted ones too)."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
@@ -206,7 +220,7 @@ class TlsLeg(asyncio.Transport):
         if self._reading or self._closing:
             return
         self._reading = True
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._loop.add_reader(self._fd, self._on_readable)  # the first time, in place of the handshake's
         if self._has_pending():  # read before a pause and not yet handed on: the socket will not say so
             self._loop.call_soon(self._on_readable)
 
