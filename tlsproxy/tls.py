@@ -118,9 +118,12 @@ class UpstreamSSLContext(ssl.SSLContext):
                     do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
                     server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
         session = self._cached_session(server_side, server_hostname, session)
+        later = session is not None and not do_handshake_on_connect  # set before the first handshake step
         tls_socket = super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=do_handshake_on_connect,
                                          suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=server_hostname,
-                                         session=session)
+                                         session=None if later else session)
+        if later:
+            offer_session(tls_socket, session)  # type: ignore[arg-type]
         if isinstance(tls_socket, HandshakeMeter):
             tls_socket.offered_session = session
         return tls_socket
@@ -312,6 +315,24 @@ READ_BUFFER_BYTES = 64 * 1024
 _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS = 33, 0x10
 
 
+def _ssl_pointer(tls_socket: ssl.SSLSocket) -> int | None:
+    """The SSL of one connection: it sits in the C object `SSLSocket._sslobj` after the header and the weak
+    reference to the socket; checked by its SSL_CTX, which must be the context's (itself checked by its
+    options)."""
+    functions = _openssl("SSL_get_SSL_CTX")
+    context_pointer = _context_pointer(tls_socket.context)
+    ssl_object = getattr(tls_socket, "_sslobj", None)
+    if functions is None or context_pointer is None or ssl_object is None:
+        return None
+    get_context, = functions
+    get_context.argtypes = [ctypes.c_void_p]
+    get_context.restype = ctypes.c_void_p
+    pointer = ctypes.c_void_p.from_address(id(ssl_object) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
+    if not pointer or get_context(pointer) != context_pointer:
+        return None
+    return pointer
+
+
 def tune_reads(tls_socket: ssl.SSLSocket) -> Callable[[], int] | None:
     """Set one connection up for reading straight from its socket, and return its `SSL_has_pending`;
     None (and OpenSSL left as Python sets it up) where this Python's OpenSSL cannot be reached safely.
@@ -322,33 +343,51 @@ def tune_reads(tls_socket: ssl.SSLSocket) -> Callable[[], int] | None:
       it and `SSLSocket.pending()` (decrypted bytes only) does not count it: the caller must read on
       while `SSL_has_pending` is true.
     - Buffers only while in use (SSL_MODE_RELEASE_BUFFERS): an idle connection holds no read or write
-      buffer (about 34 KiB less each), so the read buffer can be larger: READ_BUFFER_BYTES, several
-      records per system call for a bulk result.
-
-    The SSL pointer sits in the C object `SSLSocket._sslobj` after the header and the weak reference to
-    the socket; it is checked by its SSL_CTX, which must be the context's (itself checked by its options)."""
-    functions = _openssl("SSL_has_pending", "SSL_set_read_ahead", "SSL_get_SSL_CTX", "SSL_ctrl",
-                         "SSL_set_default_read_buffer_len")
-    context_pointer = _context_pointer(tls_socket.context)
-    ssl_object = getattr(tls_socket, "_sslobj", None)
-    if functions is None or context_pointer is None or ssl_object is None:
+      buffer, so the read buffer can be larger: READ_BUFFER_BYTES, several records per system call for
+      a bulk result."""
+    functions = _openssl("SSL_has_pending", "SSL_set_read_ahead", "SSL_ctrl", "SSL_set_default_read_buffer_len")
+    pointer = _ssl_pointer(tls_socket)
+    if functions is None or pointer is None:
         return None
-    has_pending, set_read_ahead, get_context, control, set_read_buffer = functions
-    has_pending.argtypes = get_context.argtypes = [ctypes.c_void_p]
+    has_pending, set_read_ahead, control, set_read_buffer = functions
+    has_pending.argtypes = [ctypes.c_void_p]
     has_pending.restype = ctypes.c_int
-    get_context.restype = ctypes.c_void_p
     set_read_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int]
     set_read_ahead.restype = set_read_buffer.restype = None
     control.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
     control.restype = ctypes.c_long
     set_read_buffer.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    pointer = ctypes.c_void_p.from_address(id(ssl_object) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
-    if not pointer or get_context(pointer) != context_pointer:
-        return None
     set_read_ahead(pointer, 1)
     set_read_buffer(pointer, READ_BUFFER_BYTES)
     control(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
     return functools.partial(has_pending, ctypes.c_void_p(pointer))
+
+
+def offer_session(tls_socket: ssl.SSLSocket, session: ssl.SSLSession) -> None:
+    """Offer `session` for resumption before the handshake. `ssl` copies every session it sets (i2d then
+    d2i: the server's certificates parsed again, a workaround for OpenSSL before 1.1.0h; the largest
+    single cost in the proxy's profile of connect-per-request); OpenSSL 3 takes a reference of its own,
+    so SSL_set_session is called directly, on the SSL_SESSION that `session` holds (after the header),
+    checked by its id and time. Where anything cannot be checked, `ssl`'s own setter (with its copy)."""
+    functions = _openssl("SSL_set_session", "SSL_SESSION_get_id", "SSL_SESSION_get_time")
+    pointer = _ssl_pointer(tls_socket) if ssl.OPENSSL_VERSION_INFO >= (1, 1, 1) else None
+    if functions is not None and pointer is not None:
+        set_session, get_id, get_time = functions
+        set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        set_session.restype = ctypes.c_int
+        get_id.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)]
+        get_id.restype = ctypes.c_void_p
+        get_time.argtypes = [ctypes.c_void_p]
+        get_time.restype = ctypes.c_long
+        session_pointer = ctypes.c_void_p.from_address(id(session) + object.__basicsize__).value
+        if session_pointer:
+            length = ctypes.c_uint()
+            id_pointer = get_id(session_pointer, ctypes.byref(length))
+            same = (get_time(session_pointer) == session.time and id_pointer is not None
+                    and ctypes.string_at(id_pointer, length.value) == session.id)
+            if same and set_session(pointer, session_pointer) == 1:
+                return
+    tls_socket.session = session
 
 
 # ---- failures ------------------------------------------------------------------------------------

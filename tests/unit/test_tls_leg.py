@@ -407,3 +407,31 @@ def test_a_socket_no_longer_connected_is_upstream_lost(pki: TestPki, run: Callab
                 await tls_leg.start_tls(transport, Recorder(), upstream_tls(pki), 10)
             assert caught.value.metric_label is Outcome.UPSTREAM_LOST
     run(test)
+
+
+def test_a_cached_session_is_resumed_without_ssls_copy(pki: TestPki, run: Callable[..., None],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second connection resumes the first one's session, offered by SSL_set_session directly:
+    `SSLSocket.session`'s setter (which copies the session, parsing its certificates again) is not used."""
+    original = ssl.SSLSocket.session
+
+    def no_copy(self: ssl.SSLSocket, value: ssl.SSLSession) -> None:
+        raise AssertionError("the session was set through ssl's copying setter")
+
+    async def test() -> None:
+        tls = upstream_tls(pki)
+        with server(pki.server_cert, pki.server_key) as peer:
+            protocol = Recorder()
+            first = await connect(peer, tls, protocol)
+            peer.connection.sendall(b"x")  # TLS 1.3: the tickets come after the handshake, read with this
+            await protocol.wait_for(1)
+            ssl_object = first.get_extra_info("ssl_object")
+            assert tls.sessions is not None and tls.sessions.put("localhost", ssl_object.session, ssl_object.version())
+            first.close()
+            await protocol.lost
+            peer.connection.close()
+            monkeypatch.setattr(MeteredSSLSocket, "session", property(original.fget, no_copy))
+            second = await connect(peer, tls, Recorder())
+            assert second.get_extra_info("ssl_object").session_reused
+            second.abort()
+    run(test)
