@@ -13,7 +13,8 @@ connect per request (the proxies and direct TLS). With --strace, `strace -c -f` 
 3,000 point selects and during 64 MiB of bulk; with --profile, `py-spy record --native` of each proxy
 during 8 s of point select at 4 threads (py-spy must be installed: pip install py-spy).
 
-Writes results.json and report.md (medians, [min-max] spread, ratios) to --out.
+Writes head_to_head.json and report.md (medians, [min-max] spread, ratios) to --out (not results.json:
+that name is `bench run`'s, which bench/model.py loads).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["profile"] = run.profile(args.out)
         finally:
             run.stop()
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "head_to_head.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "report.md").write_text(report(results))
     log(f"done: {args.out / 'report.md'}")
     return 0

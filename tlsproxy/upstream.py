@@ -120,8 +120,8 @@ class _ReadBuffer:
 
     SIZE = 112 * 1024
     """7 TLS records, one client write for a bulk result. Each chunk is copied to a bytes object of its
-    own, and glibc serves an allocation of 128 KiB or more with mmap and frees it with munmap: two
-    system calls and page faults per chunk."""
+    own, and glibc serves an allocation of 128 KiB or more with mmap and frees it with munmap (the
+    threshold is fixed: allocator.py): two system calls and page faults per chunk."""
     _local = threading.local()
 
     @classmethod
