@@ -49,7 +49,11 @@ def connections_on_the_wire(proxy: ProxyThread, relay: RecordingRelay, count: in
             relay.to_client.clear()
         version = query(proxy.port)
         wait_idle(proxy)
-        time.sleep(0.05)  # the relay's threads see the close
+        # The relay's threads of this connection see the close and end: what the server sends last (its
+        # close_notify in answer to the proxy's) is recorded before the next connection clears the record.
+        deadline = time.monotonic() + 5
+        while any(thread.is_alive() for thread in relay._threads[1:]) and time.monotonic() < deadline:
+            time.sleep(0.01)
         with relay._lock:
             flight = server_flight(bytes(relay.to_client))
         assert flight.version == version
