@@ -364,29 +364,37 @@ def tune_reads(tls_socket: ssl.SSLSocket) -> Callable[[], int] | None:
 
 
 def offer_session(tls_socket: ssl.SSLSocket, session: ssl.SSLSession) -> None:
-    """Offer `session` for resumption before the handshake. `ssl` copies every session it sets (i2d then
-    d2i: the server's certificates parsed again, a workaround for OpenSSL before 1.1.0h; the largest
-    single cost in the proxy's profile of connect-per-request); OpenSSL 3 takes a reference of its own,
-    so SSL_set_session is called directly, on the SSL_SESSION that `session` holds (after the header),
-    checked by its id and time. Where anything cannot be checked, `ssl`'s own setter (with its copy)."""
-    functions = _openssl("SSL_set_session", "SSL_SESSION_get_id", "SSL_SESSION_get_time")
+    """Offer `session` for resumption before the handshake, on a copy of its own: OpenSSL may update
+    the session a connection resumes (a TLS 1.2 server's renewed ticket), and the cached one must stay
+    as it was. `ssl` copies by i2d then d2i, parsing the server's certificates again (a workaround for
+    OpenSSL before 1.1.0h; the largest single cost in the proxy's profile of connect-per-request);
+    SSL_SESSION_dup copies the same in memory and takes references to the certificates. The SSL_SESSION
+    is the one `session` holds (right after the object header), checked by its id and time. Where
+    anything cannot be checked, `ssl`'s own setter."""
+    functions = _openssl("SSL_set_session", "SSL_SESSION_get_id", "SSL_SESSION_get_time", "SSL_SESSION_dup",
+                         "SSL_SESSION_free")
     pointer = _ssl_pointer(tls_socket) if ssl.OPENSSL_VERSION_INFO >= (1, 1, 1) else None
     if functions is not None and pointer is not None:
-        set_session, get_id, get_time = functions
+        set_session, get_id, get_time, duplicate, free = functions
         set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         set_session.restype = ctypes.c_int
         get_id.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)]
-        get_id.restype = ctypes.c_void_p
-        get_time.argtypes = [ctypes.c_void_p]
+        get_id.restype = duplicate.restype = ctypes.c_void_p
+        get_time.argtypes = duplicate.argtypes = free.argtypes = [ctypes.c_void_p]
         get_time.restype = ctypes.c_long
+        free.restype = None
         session_pointer = ctypes.c_void_p.from_address(id(session) + object.__basicsize__).value
         if session_pointer:
             length = ctypes.c_uint()
             id_pointer = get_id(session_pointer, ctypes.byref(length))
             same = (get_time(session_pointer) == session.time and id_pointer is not None
                     and ctypes.string_at(id_pointer, length.value) == session.id)
-            if same and set_session(pointer, session_pointer) == 1:
-                return
+            copy = duplicate(session_pointer) if same else None
+            if copy:
+                taken = set_session(pointer, copy) == 1
+                free(copy)  # SSL_set_session holds its own reference
+                if taken:
+                    return
     tls_socket.session = session
 
 
