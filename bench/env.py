@@ -216,7 +216,7 @@ class BenchEnv:
                                               stdout=log_file, stderr=log_file, start_new_session=True)
         log_file.close()
         tcp = [name for name in routes if name in self.ports]
-        self._wait_listening([("127.0.0.1", self.ports[name]) for name in (*tcp, "admin")],
+        self.wait_listening([("127.0.0.1", self.ports[name]) for name in (*tcp, "admin")],
                              [self.sockets[name] for name in routes if name in self.sockets],
                              self.proxy_process, "tlsproxy")
 
@@ -231,9 +231,9 @@ class BenchEnv:
              f"TCP:127.0.0.1:{self.server.port},nodelay"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        self._wait_listening([("127.0.0.1", self.ports["socat_client_tls"])], [], self.socat_process, "socat")
+        self.wait_listening([("127.0.0.1", self.ports["socat_client_tls"])], [], self.socat_process, "socat")
 
-    def _wait_listening(self, tcp: list[tuple[str, int]], unix: list[Path], process: subprocess.Popen[bytes],
+    def wait_listening(self, tcp: list[tuple[str, int]], unix: list[Path], process: subprocess.Popen[bytes],
                         what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         pending_tcp, pending_unix = list(tcp), list(unix)

@@ -30,7 +30,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from tlsproxy import descriptors
+from tlsproxy import descriptors, tls_leg
 from tlsproxy.config import Route
 from tlsproxy.errors import TlsProxyError
 from tlsproxy.metrics import ProxyMetrics
@@ -213,11 +213,8 @@ class PrewarmPool:
                 greeting = await protocol.greeting  # judged like any other (TLS offered, seq 0, nothing more)
                 transport.pause_reading()  # nothing may be read in plaintext before TLS
                 transport.write(ssl_request_frame(ssl_request))
-                tls_transport = await loop.start_tls(
-                    transport, protocol, tls.context, server_hostname=tls.server_hostname,
-                    ssl_handshake_timeout=max(route.handshake_timeout, 0.1))
-                assert tls_transport is not None
-                transport = protocol.transport = tls_transport
+                transport = protocol.transport = await tls_leg.start_tls(transport, protocol, tls,
+                                                                         route.handshake_timeout)
         except asyncio.CancelledError:
             if transport is not None:
                 transport.abort()

@@ -285,9 +285,10 @@ class Session(SessionUpstream):
                 timer.cancel()
         upstream_leg = self.upstream
         if upstream_leg is not None and not upstream_leg.is_closing() and not upstream_leg.get_write_buffer_size():
-            # Nothing left to send: drop the leg at once. uvloop's TLS close() waits for the server's
-            # close_notify while reading (and discarding) whatever the server still streams, so a
-            # client gone mid-result would keep the server sending it all.
+            # Nothing left to send: drop the leg at once (a TLS leg still sends close_notify). A close()
+            # that waited for the server's close_notify while reading (and discarding) whatever the
+            # server still streams, as uvloop's TLS transport did, would keep a server sending a whole
+            # result to a client gone mid-result.
             upstream_leg.abort()
         for transport in (self.client, upstream_leg):
             if transport is not None and not transport.is_closing():

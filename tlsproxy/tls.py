@@ -9,11 +9,14 @@ explicit configuration, and loudly logged by the caller.
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from tlsproxy import certs
 from tlsproxy.config import ConfigError, Route, SslMode, TlsSettings
@@ -42,22 +45,24 @@ class UpstreamTls:
     """Resumable sessions of `context` (None: resumption off)."""
 
 
-class MeteredSSLObject(ssl.SSLObject):
-    """An SSLObject that adds up the thread CPU time spent inside its own handshake steps: exactly the
-    TLS handshake's CPU (key exchange, signature checks, certificate verification), not the event
-    loop's other work. asyncio and uvloop both create it through `SSLContext.wrap_bio`.
+class HandshakeMeter:
+    """Adds up the thread CPU time spent inside the connection's own handshake steps: exactly the TLS
+    handshake's CPU (key exchange, signature checks, certificate verification and, on a socket, the
+    system calls that carry its records), not the event loop's other work.
 
     It also reports back on the session it was offered (`offered_session`, set by
-    `UpstreamSSLContext.wrap_bio`): a handshake that fails, or that the server did not resume, drops
-    that session from the cache."""
+    `UpstreamSSLContext`): a handshake that fails, or that the server did not resume, drops that
+    session from the cache."""
 
     handshake_cpu_seconds = 0.0
     offered_session: ssl.SSLSession | None = None
+    context: ssl.SSLContext
+    session_reused: bool
 
-    def do_handshake(self) -> None:
+    def do_handshake(self, *args: Any) -> None:
         started = time.thread_time()
         try:
-            super().do_handshake()
+            super().do_handshake(*args)  # type: ignore[misc]
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except BaseException:
@@ -75,25 +80,53 @@ class MeteredSSLObject(ssl.SSLObject):
             cache.discard(self.offered_session)
 
 
+class MeteredSSLObject(HandshakeMeter, ssl.SSLObject):
+    """The metered connection over MemoryBIOs (`loop.start_tls`: asyncio and uvloop create it through
+    `SSLContext.wrap_bio`)."""
+
+
+class MeteredSSLSocket(HandshakeMeter, ssl.SSLSocket):
+    """The metered connection on the socket itself (`tls_leg`, through `SSLContext.wrap_socket`)."""
+
+
 class UpstreamSSLContext(ssl.SSLContext):
-    """The client context of one route. asyncio's and uvloop's `start_tls` take no session, but both
-    create the connection's SSLObject through `wrap_bio`, which can: this one offers the newest cached
-    session for the same server name. Verification is not weakened by it: the session was verified in
-    full under this very context (CA, CRL, host name), and a reload builds a new context with an empty
-    cache."""
+    """The client context of one route. It offers the newest cached session for the same server name to
+    every connection it wraps (`wrap_socket` for `tls_leg`; `wrap_bio`, which asyncio's and uvloop's
+    `start_tls` call and which is their only way to take a session). Verification is not weakened by
+    it: the session was verified in full under this very context (CA, CRL, host name), and a reload
+    builds a new context with an empty cache."""
 
     session_cache: TlsSessionCache | None = None
 
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
-                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+    def _cached_session(self, server_side: bool, server_hostname: str | None,
+                        session: ssl.SSLSession | None) -> ssl.SSLSession | None:
         cache = self.session_cache
         if session is None and cache is not None and not server_side:
             session = cache.take(server_hostname)
+        return session
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        session = self._cached_session(server_side, server_hostname, session)
         ssl_object = super().wrap_bio(incoming, outgoing, server_side=server_side,
                                       server_hostname=server_hostname, session=session)
-        if isinstance(ssl_object, MeteredSSLObject):
+        if isinstance(ssl_object, HandshakeMeter):
             ssl_object.offered_session = session
         return ssl_object
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        session = self._cached_session(server_side, server_hostname, session)
+        later = session is not None and not do_handshake_on_connect  # set before the first handshake step
+        tls_socket = super().wrap_socket(sock, server_side=server_side, do_handshake_on_connect=do_handshake_on_connect,
+                                         suppress_ragged_eofs=suppress_ragged_eofs, server_hostname=server_hostname,
+                                         session=None if later else session)
+        if later:
+            offer_session(tls_socket, session)  # type: ignore[arg-type]
+        if isinstance(tls_socket, HandshakeMeter):
+            tls_socket.offered_session = session
+        return tls_socket
 
 
 def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None:
@@ -111,6 +144,7 @@ def build_upstream_tls(route: Route, key_prefix: str = "") -> UpstreamTls | None
 def build_client_context(settings: TlsSettings, key_prefix: str = "") -> UpstreamSSLContext:
     context = UpstreamSSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.sslobject_class = MeteredSSLObject
+    context.sslsocket_class = MeteredSSLSocket
     versions = settings.tls_versions
     cipher = settings.cipher
     if settings.allow_legacy_tls and versions[0] in ("TLSv1", "TLSv1.1"):
@@ -226,23 +260,45 @@ def _check_ca_directory(path: Path, key: str) -> None:
                                f"it; run `openssl rehash {path}` (or c_rehash), or give a bundle with ssl_ca")
 
 
-def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:
-    """Python's ssl module has no API for TLS 1.3 suites; call OpenSSL's SSL_CTX_set_ciphersuites on the
-    context's SSL_CTX, after checking that the pointer really is that SSL_CTX (its options must match)."""
+@functools.cache
+def _openssl(*names: str) -> list[Any] | None:
+    """OpenSSL functions of the library this Python's `ssl` module runs on, or None. Each caller sets
+    the types of the functions it uses (always the same ones), once per process."""
     try:
         import _ssl
 
         library = ctypes.CDLL(_ssl.__file__)
-        set_suites = library.SSL_CTX_set_ciphersuites
-        get_options = library.SSL_CTX_get_options
+        return [getattr(library, name) for name in names]
     except (OSError, AttributeError):
-        raise ConfigError(key, "this Python's OpenSSL does not allow choosing TLS 1.3 cipher suites") from None
-    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    set_suites.restype = ctypes.c_int
+        return None
+
+
+def _context_pointer(context: ssl.SSLContext) -> int | None:
+    """The SSL_CTX of `context` (a PySSLContext holds it right after the object header), checked: OpenSSL
+    must report the options Python reports for the context."""
+    functions = _openssl("SSL_CTX_get_options")
+    if functions is None:
+        return None
+    get_options, = functions
     get_options.argtypes = [ctypes.c_void_p]
     get_options.restype = ctypes.c_uint64
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
     if not pointer or get_options(pointer) != context.options:
+        return None
+    return pointer
+
+
+def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> None:
+    """Python's ssl module has no API for TLS 1.3 suites; call OpenSSL's SSL_CTX_set_ciphersuites on the
+    context's SSL_CTX, after checking that the pointer really is that SSL_CTX (its options must match)."""
+    functions = _openssl("SSL_CTX_set_ciphersuites")
+    if functions is None:
+        raise ConfigError(key, "this Python's OpenSSL does not allow choosing TLS 1.3 cipher suites")
+    set_suites, = functions
+    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    set_suites.restype = ctypes.c_int
+    pointer = _context_pointer(context)
+    if pointer is None:
         raise ConfigError(key, "cannot reach this Python's OpenSSL context to set TLS 1.3 cipher suites")
     if set_suites(pointer, suites.encode("ascii")) != 1:
         raise ConfigError(key, f"OpenSSL accepts no TLS 1.3 suite in {suites!r} (e.g. TLS_AES_256_GCM_SHA384)")
@@ -252,6 +308,94 @@ def set_tls13_ciphersuites(context: ssl.SSLContext, suites: str, key: str) -> No
     if unknown:
         raise ConfigError(key, f"unknown TLS 1.3 suite(s) {', '.join(sorted(unknown))}; OpenSSL offers "
                                f"{', '.join(sorted(offered)) or 'none of them'}")
+
+
+READ_BUFFER_BYTES = 64 * 1024
+"""OpenSSL's read buffer per connection while it holds data (read-ahead: what one system call may take)."""
+_SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS = 33, 0x10
+
+
+def _ssl_pointer(tls_socket: ssl.SSLSocket) -> int | None:
+    """The SSL of one connection: it sits in the C object `SSLSocket._sslobj` after the header and the weak
+    reference to the socket; checked by its SSL_CTX, which must be the context's (itself checked by its
+    options)."""
+    functions = _openssl("SSL_get_SSL_CTX")
+    context_pointer = _context_pointer(tls_socket.context)
+    ssl_object = getattr(tls_socket, "_sslobj", None)
+    if functions is None or context_pointer is None or ssl_object is None:
+        return None
+    get_context, = functions
+    get_context.argtypes = [ctypes.c_void_p]
+    get_context.restype = ctypes.c_void_p
+    pointer = ctypes.c_void_p.from_address(id(ssl_object) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value
+    if not pointer or get_context(pointer) != context_pointer:
+        return None
+    return pointer
+
+
+def tune_reads(tls_socket: ssl.SSLSocket) -> Callable[[], int] | None:
+    """Set one connection up for reading straight from its socket, and return its `SSL_has_pending`;
+    None (and OpenSSL left as Python sets it up) where this Python's OpenSSL cannot be reached safely.
+
+    - Read-ahead: without it OpenSSL reads a record in two system calls, its 5-byte header and then its
+      body; with it, one read takes whatever the socket holds, up to the read buffer. Whatever it holds
+      beyond the record being read stays inside OpenSSL, where the socket's readiness cannot announce
+      it and `SSLSocket.pending()` (decrypted bytes only) does not count it: the caller must read on
+      while `SSL_has_pending` is true.
+    - Buffers only while in use (SSL_MODE_RELEASE_BUFFERS): an idle connection holds no read or write
+      buffer, so the read buffer can be larger: READ_BUFFER_BYTES, several records per system call for
+      a bulk result."""
+    functions = _openssl("SSL_has_pending", "SSL_set_read_ahead", "SSL_ctrl", "SSL_set_default_read_buffer_len")
+    pointer = _ssl_pointer(tls_socket)
+    if functions is None or pointer is None:
+        return None
+    has_pending, set_read_ahead, control, set_read_buffer = functions
+    has_pending.argtypes = [ctypes.c_void_p]
+    has_pending.restype = ctypes.c_int
+    set_read_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    set_read_ahead.restype = set_read_buffer.restype = None
+    control.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    control.restype = ctypes.c_long
+    set_read_buffer.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    set_read_ahead(pointer, 1)
+    set_read_buffer(pointer, READ_BUFFER_BYTES)
+    control(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+    return functools.partial(has_pending, ctypes.c_void_p(pointer))
+
+
+def offer_session(tls_socket: ssl.SSLSocket, session: ssl.SSLSession) -> None:
+    """Offer `session` for resumption before the handshake, on a copy of its own: OpenSSL may update
+    the session a connection resumes (a TLS 1.2 server's renewed ticket), and the cached one must stay
+    as it was. `ssl` copies by i2d then d2i, parsing the server's certificates again (a workaround for
+    OpenSSL before 1.1.0h; the largest single cost in the proxy's profile of connect-per-request);
+    SSL_SESSION_dup copies the same in memory and takes references to the certificates. The SSL_SESSION
+    is the one `session` holds (right after the object header), checked by its id and time. Where
+    anything cannot be checked, `ssl`'s own setter."""
+    functions = _openssl("SSL_set_session", "SSL_SESSION_get_id", "SSL_SESSION_get_time", "SSL_SESSION_dup",
+                         "SSL_SESSION_free")
+    pointer = _ssl_pointer(tls_socket) if ssl.OPENSSL_VERSION_INFO >= (1, 1, 1) else None
+    if functions is not None and pointer is not None:
+        set_session, get_id, get_time, duplicate, free = functions
+        set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        set_session.restype = ctypes.c_int
+        get_id.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)]
+        get_id.restype = duplicate.restype = ctypes.c_void_p
+        get_time.argtypes = duplicate.argtypes = free.argtypes = [ctypes.c_void_p]
+        get_time.restype = ctypes.c_long
+        free.restype = None
+        session_pointer = ctypes.c_void_p.from_address(id(session) + object.__basicsize__).value
+        if session_pointer:
+            length = ctypes.c_uint()
+            id_pointer = get_id(session_pointer, ctypes.byref(length))
+            same = (get_time(session_pointer) == session.time and id_pointer is not None
+                    and ctypes.string_at(id_pointer, length.value) == session.id)
+            copy = duplicate(session_pointer) if same else None
+            if copy:
+                taken = set_session(pointer, copy) == 1
+                free(copy)  # SSL_set_session holds its own reference
+                if taken:
+                    return
+    tls_socket.session = session
 
 
 # ---- failures ------------------------------------------------------------------------------------

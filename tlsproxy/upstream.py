@@ -15,11 +15,11 @@ import threading
 import time
 from typing import Awaitable, Callable, Protocol
 
-from tlsproxy import descriptors
+from tlsproxy import descriptors, tls_leg
 from tlsproxy.config import Route
 from tlsproxy.connection_record import ConnectionStats
 from tlsproxy.errors import OutOfDescriptorsError, UpstreamConnectError, UpstreamTimeoutError
-from tlsproxy.tls import UpstreamTls, describe_tls_failure
+from tlsproxy.tls import UpstreamTls
 
 log = logging.getLogger("tlsproxy.session")  # the retries stay under the session's logger name
 
@@ -68,18 +68,10 @@ async def connect(route: Route, protocol_factory: ProtocolFactory, *, conn_id: i
 
 async def start_tls(transport: asyncio.Transport, protocol: asyncio.BaseProtocol, upstream_tls: UpstreamTls,
                     handshake_timeout: float) -> asyncio.Transport | None:
-    """Upgrade the (read-paused) plaintext leg with `loop.start_tls`, never a StreamWriter (STYLE.md:
-    uvloop #707 / CPython #142352). A failed handshake raises the proxy error that names its cause."""
-    try:
-        return await asyncio.get_running_loop().start_tls(
-            transport, protocol, upstream_tls.context,
-            server_hostname=upstream_tls.server_hostname,
-            ssl_handshake_timeout=max(handshake_timeout, 0.1),
-        )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # ssl, OS and EOF errors
-        raise describe_tls_failure(exc, upstream_tls) from None
+    """Upgrade the (read-paused) plaintext leg: a `tls_leg.TlsLeg`, OpenSSL on the socket itself, shaped
+    like an asyncio transport (never a StreamWriter: STYLE.md, uvloop #707 / CPython #142352). A failed
+    handshake raises the proxy error that names its cause."""
+    return await tls_leg.start_tls(transport, protocol, upstream_tls, handshake_timeout)
 
 
 def note_tls(stats: ConnectionStats, transport: asyncio.BaseTransport, *, handshake: bool = True) -> None:
@@ -129,7 +121,10 @@ class _ReadBuffer:
     """One read buffer per event loop thread, shared by every upstream leg: the loop runs one callback
     at a time, and each chunk is copied out (to exactly its size) before the callback returns."""
 
-    SIZE = 256 * 1024  # uvloop's SSL layer reads at most this much per call
+    SIZE = 112 * 1024
+    """7 TLS records, one client write for a bulk result. Each chunk is copied to a bytes object of its
+    own, and glibc serves an allocation of 128 KiB or more with mmap and frees it with munmap (the
+    threshold is fixed: allocator.py): two system calls and page faults per chunk."""
     _local = threading.local()
 
     @classmethod
@@ -141,9 +136,10 @@ class _ReadBuffer:
 
 
 class UpstreamSide(asyncio.BufferedProtocol):
-    """The upstream leg. A BufferedProtocol, so that uvloop's SSL layer decrypts into a reused buffer:
-    with a plain Protocol it allocates (and, for a short record, shrinks and frees) a 256 KiB bytes
-    object per read, three system calls (mmap, mremap, munmap) on every server answer."""
+    """The upstream leg's protocol. A BufferedProtocol, so that the TLS leg (tls_leg.TlsLeg) decrypts
+    into a reused buffer, and a plaintext transport reads into it: with a plain Protocol a 256 KiB bytes
+    object would be allocated (and, for a short answer, shrunk and freed) per read, three system calls
+    (mmap, mremap, munmap) on every server answer."""
 
     def __init__(self, session: UpstreamEvents) -> None:
         self.session = session

@@ -49,7 +49,11 @@ def connections_on_the_wire(proxy: ProxyThread, relay: RecordingRelay, count: in
             relay.to_client.clear()
         version = query(proxy.port)
         wait_idle(proxy)
-        time.sleep(0.05)  # the relay's threads see the close
+        # The relay's threads of this connection see the close and end: what the server sends last (its
+        # close_notify in answer to the proxy's) is recorded before the next connection clears the record.
+        deadline = time.monotonic() + 5
+        while any(thread.is_alive() for thread in relay._threads[1:]) and time.monotonic() < deadline:
+            time.sleep(0.01)
         with relay._lock:
             flight = server_flight(bytes(relay.to_client))
         assert flight.version == version
@@ -138,16 +142,16 @@ def test_a_resumed_connection_does_not_read_its_session(mariadb: MariaDBServer, 
     proxy reads it only after a full handshake: once per session, not once per connection."""
     import ssl
 
-    from tlsproxy.tls import MeteredSSLObject
+    from tlsproxy.tls import MeteredSSLSocket
 
     reads = []
-    original = ssl.SSLObject.session
+    original = ssl.SSLSocket.session
 
-    def counted(self: ssl.SSLObject) -> ssl.SSLSession | None:
+    def counted(self: ssl.SSLSocket) -> ssl.SSLSession | None:
         reads.append(1)
         return original.fget(self)  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(MeteredSSLObject, "session", property(counted, original.fset), raising=False)
+    monkeypatch.setattr(MeteredSSLSocket, "session", property(counted, original.fset), raising=False)
     with ProxyThread(make_route(mariadb.port, ca_file=pki.ca, name="r")) as proxy:
         for _ in range(5):
             query(proxy.port)

@@ -381,9 +381,11 @@ def gone(mariadb: MariaDBServer, connection_id: int) -> bool:
 
 
 def wrong_login_on_parked(client: RawClient, parked_id: int) -> bytes:
-    """Log in with a wrong password on the parked connection, up to the AuthSwitchRequest; its answer."""
+    """Log in with a wrong password on the parked connection, up to the AuthSwitchRequest; its answer. The
+    client names another plugin in its response, so the switch to native password reaches it (for a client
+    that used native password already, the proxy answers the switch from its response itself)."""
     assert client.greeting.connection_id == parked_id  # the parked connection's own greeting
-    client.send(frame(1, client.handshake_response(NATIVE.user, "wrong")))
+    client.send(frame(1, client.handshake_response(NATIVE.user, "wrong", plugin="client_ed25519")))
     seq, switch = client.read_frame()
     assert seq == 2 and switch.startswith(b"\xfemysql_native_password\0")
     # MariaDB's COM_CHANGE_USER: the connection's scramble again, the nonce of the greeting the client saw

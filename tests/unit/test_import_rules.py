@@ -177,9 +177,10 @@ ALLOWED_IMPORTS: dict[str, frozenset[str]] = {
     "descriptors": frozenset(),
     # the driver: TLS, connections, listeners, admin
     "tls": frozenset({"config", "certs", "errors", "outcome", "tls_sessions"}),
-    "prewarm": CORE | {"config", "descriptors", "metrics", "logs", "tls"},
+    "tls_leg": frozenset({"descriptors", "errors", "tls"}),
+    "prewarm": CORE | {"config", "descriptors", "metrics", "logs", "tls", "tls_leg"},
     "connection_record": frozenset({"config", "metrics", "outcome"}),
-    "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls"}),
+    "upstream": frozenset({"config", "connection_record", "descriptors", "errors", "tls", "tls_leg"}),
     "upstream_pool": CORE | {"config", "metrics"},
     "session_upstream": CORE | {"config", "connection_record", "metrics", "prewarm", "tls", "upstream", "upstream_pool"},
     "session": CORE | {"config", "metrics", "logs", "tls", "prewarm", "upstream", "upstream_pool", "connection_record",
