@@ -146,16 +146,20 @@ class SessionUpstream:
 
     def _adopt_pooled(self, pooled: PooledUpstream) -> None:
         """Take over a parked upstream: authenticated for an earlier client, then reset by the pool."""
+        self._hold_pooled(pooled)
+        self.stats.connect_seconds = 0.0
+        self.stats.start_phase()
+        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request))
+
+    def _hold_pooled(self, pooled: PooledUpstream) -> None:
+        """Make a parked connection this session's upstream leg (the client's login on it comes next)."""
         self._pooled = pooled
         self._opened_with = pooled.ssl_request
         self._uses = pooled.uses + 1
         self.upstream = pooled.transport
         pooled.transport.set_protocol(self._upstream_protocol)
         self.stats.reused = True
-        self.stats.connect_seconds = 0.0
         upstream.note_tls(self.stats, pooled.transport, handshake=False)
-        self.stats.start_phase()
-        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request))
 
     def _replace_upstream(self) -> None:
         """The prewarmed or pooled upstream did not fit this client: put it away, and go on with a parked
@@ -182,13 +186,7 @@ class SessionUpstream:
         self._upstream_protocol = upstream.UpstreamSide(self)
         fitting = pool.take_matching(self.machine.ssl_request) if pool is not None else None
         if fitting is not None:
-            self._pooled = fitting
-            self._opened_with = fitting.ssl_request
-            self._uses = fitting.uses + 1
-            self.upstream = fitting.transport
-            fitting.transport.set_protocol(self._upstream_protocol)
-            self.stats.reused = True
-            upstream.note_tls(self.stats, fitting.transport, handshake=False)
+            self._hold_pooled(fitting)
             self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload))
             return
         self._spawn(self._connect_replacement())
