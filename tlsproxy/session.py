@@ -171,10 +171,18 @@ class Session(SessionUpstream):
     def client_data(self, data: bytes) -> None:
         if self._closed:
             return
-        if self.machine.logged_in:
+        machine = self.machine
+        if machine.logged_in:
             self._last_activity = time.monotonic()
             self.stats.bytes_client_to_server += len(data)
-        self._run_machine(lambda: self.machine.receive_client_data(data))
+            passing = machine.relay_client_prefix(data)
+            if passing:
+                if self.upstream is not None:
+                    self.upstream.write(data if passing == len(data) else data[:passing])
+                if passing == len(data):
+                    return
+                data = data[passing:]
+        self._run_machine(lambda: machine.receive_client_data(data))
 
     def server_data(self, data: bytes) -> None:
         if self._closed:

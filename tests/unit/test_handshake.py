@@ -1135,6 +1135,21 @@ def test_relay_passes_client_bytes_unchanged_including_16mib_packets() -> None:
     assert m.state is State.RELAY
 
 
+def test_relay_client_prefix_is_what_the_driver_sends_as_it_came() -> None:
+    """The relay's hot path: the bytes before a command the machine takes whole go up without effects;
+    the rest goes to receive_client_data, which then claims that command."""
+    query = frame(0, SELECT_1)
+    assert machine().relay_client_prefix(query) == 0  # not relaying yet
+    playbook = relaying()
+    assert playbook
+    m = playbook.machine
+    assert m.relay_client_prefix(query + query) == 2 * len(query)
+    assert m.relay_client_prefix(query + frame(0, CHANGE_USER_PAYLOAD)) == len(query)
+    assert m.receive_client_data(frame(0, CHANGE_USER_PAYLOAD)) == [SendToServer(frame(0, CHANGE_USER_PAYLOAD))]
+    assert m.state is State.CHANGE_USER_SENT
+    assert m.relay_client_prefix(query) == 0  # in the connection phase again: everything through the machine
+
+
 def test_relay_server_bytes_pass_unchanged() -> None:
     playbook = relaying()
     assert playbook

@@ -259,6 +259,26 @@ async def test_plaintext_login_then_a_query_both_ways_then_half_close(caplog: py
     assert h.sample("tlsproxy_handshake_failures_total", reason="ok") is None
 
 
+CHANGE_USER = frame(0, b"\x11second\x00" + b"\x14" + bytes(range(20)) + b"shop\x00" + b"\x21\x00"
+                   + b"mysql_native_password\x00")
+
+
+@in_loop
+async def test_one_read_with_a_query_then_com_change_user_goes_up_whole_and_in_order(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The relay's hot path sends the query as it came; the machine takes the COM_CHANGE_USER behind it."""
+    h = Harness(route())
+    await h.login()
+    h.client_sends(SELECT_1 + SELECT_1)
+    assert h.upstream is not None and h.upstream.take() == SELECT_1 + SELECT_1
+    h.client_sends(SELECT_1 + CHANGE_USER)
+    assert h.upstream.take() == SELECT_1 + CHANGE_USER
+    assert h.session.machine.state.name == "CHANGE_USER_SENT"
+    h.client_sends(SELECT_1)  # pipelined behind COM_CHANGE_USER: held until the server has answered it
+    assert h.upstream.take() == b""
+    assert h.session.stats.bytes_client_to_server == 4 * len(SELECT_1) + len(CHANGE_USER)
+
+
 @in_loop
 async def test_a_login_the_server_denies_reaches_the_client_as_auth_denied(caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(route())

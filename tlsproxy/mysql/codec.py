@@ -164,8 +164,10 @@ class FrameSkipper:
     needs to know where each client packet starts, to spot COM_CHANGE_USER (PROTOCOL.md §6).
 
     `feed` returns how many of the given bytes may pass straight on; it stops at the first byte of a
-    frame that `wants_whole(header, first_byte)` claims, which the caller then takes whole from the
-    stream (the skipper holds no bytes itself; the caller keeps the unconsumed tail).
+    frame that `wants_whole(length, sequence_id, first_byte)` claims, which the caller then takes whole
+    from the stream (the skipper holds no bytes itself; the caller keeps the unconsumed tail). It reads
+    each header in place and builds no object for a frame nobody claims (Python's ints above 256 aside:
+    a length or offset that large is an object of its own).
     """
 
     __slots__ = ("_payload_left", "_in_continuation", "_wants_whole", "last_length", "last_sequence_id",
@@ -186,18 +188,19 @@ class FrameSkipper:
         size = len(data)
         while True:
             if self._payload_left:
-                step = min(self._payload_left, size - pos)
+                step = self._payload_left if self._payload_left < size - pos else size - pos  # min() builds a tuple
                 self._payload_left -= step
                 pos += step
                 if self._payload_left:
                     return pos
             if size - pos < HEADER_SIZE:
                 return pos
-            length, sequence_id = parse_header(data[pos : pos + HEADER_SIZE])
+            # The header read in place, as `parse_header` does: no slice, no tuple (the command phase's hot path).
+            length = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16)
             if length and not self._in_continuation:
                 if size - pos == HEADER_SIZE:
                     return pos  # the first payload byte decides whether the frame is claimed
-                first_byte = data[pos + HEADER_SIZE]
+                sequence_id, first_byte = data[pos + 3], data[pos + HEADER_SIZE]
                 self.last_length, self.last_sequence_id, self.last_first_byte = length, sequence_id, first_byte
                 if self._wants_whole(length, sequence_id, first_byte):
                     return pos

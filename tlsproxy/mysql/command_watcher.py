@@ -10,7 +10,8 @@ that concern the connection itself (PROTOCOL.md §6).
   which must know what each answer will look like to tell when nothing is in flight).
 
 Everything else passes without a copy: `FrameSkipper` counts payload bytes and stops only at the start
-of a COM_CHANGE_USER frame.
+of a claimed frame. `passing` is the relay's hot path: for a read of whole unclaimed frames it makes no
+object at all, and the driver writes the read as it came.
 """
 
 from __future__ import annotations
@@ -22,15 +23,20 @@ from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, FrameSkipper
 from tlsproxy.mysql.constants import Command
 
 
+# Plain ints for the per-frame predicates: reading an enum member off its class runs Python code and
+# makes an object each time (3.11).
+_CHANGE_USER, _QUIT = int(Command.CHANGE_USER), int(Command.QUIT)
+
+
 def _is_change_user(max_packet: int, length: int, sequence_id: int, first_byte: int) -> bool:
-    return sequence_id == 0 and first_byte == Command.CHANGE_USER and length < max_packet
+    return sequence_id == 0 and first_byte == _CHANGE_USER and length < max_packet
 
 
 def _claims_change_user_or_quit(max_packet: int, on_command: Callable[[int], None], length: int, sequence_id: int,
                                 first_byte: int) -> bool:
     if sequence_id:
         return False
-    if (first_byte == Command.CHANGE_USER and length < max_packet) or (first_byte == Command.QUIT and length == 1):
+    if (first_byte == _CHANGE_USER and length < max_packet) or (first_byte == _QUIT and length == 1):
         return True
     on_command(first_byte)
     return False
@@ -46,6 +52,15 @@ class CommandWatcher:
         self._skipper = FrameSkipper(wants_whole)
         self._tail = b""
         """An incomplete frame header, or an incomplete COM_CHANGE_USER, waiting for more bytes."""
+
+    def passing(self, data: bytes) -> int:
+        """How many leading bytes of `data` pass on as they are: all of them unless a claimed command
+        starts in `data` or a frame header is cut at its end. The relay's hot path: nothing is copied and
+        no object is made. The bytes from the returned offset on must go to `feed` next (the watcher
+        stands at the start of that frame); 0 also when bytes from an earlier read are held."""
+        if self._tail:
+            return 0
+        return self._skipper.feed(data)
 
     def feed(self, data: bytes) -> tuple[bytes, Frame | None, bytes]:
         """(the bytes that pass on now, a COM_CHANGE_USER (or, with `on_command`, COM_QUIT) taken whole or

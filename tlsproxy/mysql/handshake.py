@@ -102,6 +102,15 @@ class HandshakeMachine(PrewarmAdoption):
             return []
         return self._step(lambda: self._feed_server(data), ServerProtocolError, "upstream")
 
+    def relay_client_prefix(self, data: bytes) -> int:
+        """In RELAY, how many leading bytes of `data` go to the server as they are, with no effect list
+        built (the relay's hot path): all of them unless a command the machine takes whole (COM_CHANGE_USER;
+        COM_QUIT on a pooled route) starts in them or a frame header is cut. The driver sends that prefix
+        itself and gives the rest, if any, to `receive_client_data`. 0 in every other state."""
+        if self._state is not State.RELAY:
+            return 0
+        return self._watcher.passing(data)
+
     def receive_client_data(self, data: bytes) -> list[Effect]:
         state = self._state
         if state is State.RELAY:
