@@ -97,6 +97,8 @@ class BenchEnv:
     ca: pki.CertificateAuthority | None = None
     proxy_process: subprocess.Popen[bytes] | None = None
     socat_process: subprocess.Popen[bytes] | None = None
+    socat_unix_process: subprocess.Popen[bytes] | None = None
+    """socat with a Unix-socket client leg: what a C relay's hop costs on the leg tlsproxy's Unix routes use."""
     ports: dict[str, int] = field(default_factory=dict)
     sockets: dict[str, Path] = field(default_factory=dict)
     route_max_connections: int = 20000
@@ -232,6 +234,14 @@ class BenchEnv:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         self.wait_listening([("127.0.0.1", self.ports["socat_client_tls"])], [], self.socat_process, "socat")
+        # The client does its TLS through the Unix socket (MariaDB Connector/C does TLS on any transport).
+        self.sockets["socat_client_tls_unix"] = self.workdir / "socat.sock"
+        self.socat_unix_process = subprocess.Popen(
+            [socat, f"UNIX-LISTEN:{self.sockets['socat_client_tls_unix']},fork,backlog=1024",
+             f"TCP:127.0.0.1:{self.server.port},nodelay"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.wait_listening([], [self.sockets["socat_client_tls_unix"]], self.socat_unix_process, "socat")
 
     def wait_listening(self, tcp: list[tuple[str, int]], unix: list[Path], process: subprocess.Popen[bytes],
                         what: str, timeout: float = 20.0) -> None:
@@ -264,7 +274,8 @@ class BenchEnv:
         with uninterrupted():
             self.stop_proxy()
             _stop(self.socat_process)
-            self.socat_process = None
+            _stop(self.socat_unix_process)
+            self.socat_process = self.socat_unix_process = None
             if self.server is not None:
                 self.server.stop()
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -291,8 +302,9 @@ class BenchEnv:
         pids = {"server": self.server.pid}
         if "proxy" in scenario.roles and self.proxy_process is not None:
             pids["proxy"] = self.proxy_process.pid
-        if "relay" in scenario.roles and self.socat_process is not None:
-            pids["relay"] = self.socat_process.pid
+        relay = self.socat_unix_process if scenario.local_leg == "unix" else self.socat_process
+        if "relay" in scenario.roles and relay is not None:
+            pids["relay"] = relay.pid
         return pids
 
     def versions(self) -> dict[str, str]:

@@ -8,8 +8,8 @@ scenarios rotates, so drift and the neighbours' load fall on all alike. CPU is t
 from /proc (bench/procs.py), per query (or connection, or 16 MiB bulk event).
 
 Workloads: oltp_point_select at 1 and 4 threads (the proxies and socat), point select over the Unix
-socket leg (the proxies and direct TLS), bulk (1 MiB and 1 KiB rows, the proxies and direct TLS) and
-connect per request (the proxies and direct TLS). With --strace, `strace -c -f` of each proxy during
+socket leg (the proxies, socat on a Unix socket with the client doing TLS, and direct TLS), bulk (1 MiB
+and 1 KiB rows, the proxies and direct TLS) and connect per request (the proxies and direct TLS). With --strace, `strace -c -f` of each proxy during
 3,000 point selects and during 64 MiB of bulk; with --profile, `py-spy record --native` of each proxy
 during 8 s of point select at 4 threads (py-spy must be installed: pip install py-spy).
 
@@ -78,6 +78,8 @@ class HeadToHead:
         direct = Endpoint("127.0.0.1", env.server.port)
         self.scenarios: dict[str, tuple[Endpoint, bool, int | None]] = {
             "socat": (Endpoint("127.0.0.1", env.ports["socat_client_tls"]), True, env.socat_process.pid),
+            "socat_unix": (Endpoint(socket=env.sockets["socat_client_tls_unix"]), True,
+                           env.socat_unix_process.pid if env.socat_unix_process else None),
             "client_tls": (direct, True, None),
         }
         for name, tree in (("base", base_tree), ("new", NEW_TREE)):
@@ -121,7 +123,7 @@ class HeadToHead:
                 plan.append(("point_select", f"threads={threads}", ["base", "new", "socat"],
                              {"test": "oltp_point_select", "threads": threads, "seconds": seconds, "options": POINT}))
         if "unix" in args.workloads:
-            plan.append(("point_select_unix", "threads=1", ["base_unix", "new_unix", "client_tls"],
+            plan.append(("point_select_unix", "threads=1", ["base_unix", "new_unix", "socat_unix", "client_tls"],
                          {"test": "oltp_point_select", "threads": 1, "seconds": seconds, "options": POINT}))
         if "bulk" in args.workloads:
             for row in (MIB, 1024):
@@ -228,7 +230,7 @@ def report(results: dict[str, Any]) -> str:
                             scenario != "client_tls" else "- |"))
         reference = "socat" if "socat" in medians else "client_tls"
         lines.append("")
-        for scenario in ("base", "new", "base_unix", "new_unix"):
+        for scenario in ("base", "new", "base_unix", "new_unix", "socat_unix"):
             if scenario in medians:
                 text = f"- {scenario} / {reference}: rate {medians[scenario][0] / medians[reference][0]:.3f}x"
                 if reference == "socat":

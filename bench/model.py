@@ -44,6 +44,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("proxy_disabled_unix", "4 tlsproxy DISABLED (relay only), Unix socket", client_tls=False,
              via="proxy_disabled", local_leg="unix"),
     Scenario("socat_client_tls", "5 socat relay, client does TLS", client_tls=True, via="socat"),
+    Scenario("socat_client_tls_unix", "5 socat relay, client does TLS, client leg Unix socket", client_tls=True,
+             via="socat", local_leg="unix", workloads=("point_select",)),
     Scenario("proxy_tls_tcp_full", "3 tlsproxy TLS, session resumption off, TCP", client_tls=False, via="proxy_tls",
              workloads=("connect",)),
     Scenario("proxy_tls_tcp_prewarm", "3 tlsproxy TLS, prewarm 8, TCP", client_tls=False, via="proxy_tls",

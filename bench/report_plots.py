@@ -19,6 +19,7 @@ SCENARIO_COLORS = {
     "proxy_disabled_tcp": "#2ca02c",
     "proxy_disabled_unix": "#98df8a",
     "socat_client_tls": "#9467bd",
+    "socat_client_tls_unix": "#c5b0d5",
     "proxy_tls_tcp_pool": "#d62728",
 }
 EXTRA_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728", "#7f7f7f")
