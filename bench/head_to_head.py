@@ -293,10 +293,16 @@ def main(argv: list[str] | None = None) -> int:
                 results["profile"] = run.profile(args.out)
         finally:
             run.stop()
-    (args.out / "head_to_head.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "report.md").write_text(report(results))
-    log(f"done: {args.out / 'report.md'}")
+    write_outputs(args.out, "head_to_head", results, report(results))
     return 0
+
+
+def write_outputs(out: Path, name: str, results: dict[str, Any], markdown: str) -> None:
+    """`name`.json and the Markdown report beside it (report.md for head_to_head, `name`.md otherwise)."""
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    report_path = out / ("report.md" if name == "head_to_head" else f"{name}.md")
+    report_path.write_text(markdown)
+    log(f"done: {report_path}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)  # the benchmark's load generator (bench/)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)  # the benchmark's plain TCP relay scenario
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)  # the security tests' capture on loopback (as root)
+command -v strace >/dev/null 2>&1 || need_apt+=(strace)  # bench/profile.py and bench/head_to_head.py count system calls
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
