@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tlsproxy.errors import ClientCapabilityError, ServerProtocolError
 from tlsproxy.mysql.codec import Frame, FrameBuffer
-from tlsproxy.mysql.constants import Capability
+from tlsproxy.mysql.constants import CLIENT_PLUGIN_AUTH
 from tlsproxy.mysql.effects import CloseConnection, Effect, ReplaceUpstream, SendToServer, StartUpstreamTls
 from tlsproxy.mysql.greeting import is_err_greeting, ssl_request_frame
 from tlsproxy.mysql.machine_core import MachineCore
@@ -82,7 +82,7 @@ class PrewarmAdoption(MachineCore):
         if self._state is not State.AUTH or self._client_seq != 2 or self.rsa_exchange_emulated:
             return []  # the client saw a server packet (or the proxy's key): too late to start over
         assert self.client_response is not None
-        if not self.client_response.capability_flags & Capability.PLUGIN_AUTH:
+        if not self.client_response.capability_flags & CLIENT_PLUGIN_AUTH:
             return []
         self.pooled = False
         self.prewarm_mismatch = True
@@ -95,7 +95,7 @@ class PrewarmAdoption(MachineCore):
         return [ReplaceUpstream("the pooled upstream connection was gone")]
 
     def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
-        if not response.capability_flags & Capability.PLUGIN_AUTH:
+        if not response.capability_flags & CLIENT_PLUGIN_AUTH:
             what, key = ("pooled", "upstream_pool") if self.pooled else ("prewarmed", "prewarm")
             raise ClientCapabilityError(
                 f"this client's capabilities differ from the {what} upstream connection's, and it cannot "
