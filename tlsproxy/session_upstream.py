@@ -149,7 +149,8 @@ class SessionUpstream:
         self._hold_pooled(pooled)
         self.stats.connect_seconds = 0.0
         self.stats.start_phase()
-        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request))
+        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request,
+                                                                     pooled.greeting))
 
     def _hold_pooled(self, pooled: PooledUpstream) -> None:
         """Make a parked connection this session's upstream leg (the client's login on it comes next)."""
@@ -187,7 +188,7 @@ class SessionUpstream:
         fitting = pool.take_matching(self.machine.ssl_request) if pool is not None else None
         if fitting is not None:
             self._hold_pooled(fitting)
-            self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload))
+            self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload, fitting.greeting))
             return
         self._spawn(self._connect_replacement())
 
@@ -251,7 +252,7 @@ class SessionUpstream:
             log.debug("conn=%d upstream not parked: %s", self.conn_id, self.machine.not_parkable_reason)
             return False
         if not pool.park(leg, self.machine.greeting_payload, self._opened_with or self.machine.ssl_request,
-                         uses=self._uses):
+                         uses=self._uses, greeting=self.machine.greeting):
             return False
         self.upstream = None  # the pool's now
         self.stats.parked = True

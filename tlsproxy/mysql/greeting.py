@@ -26,12 +26,14 @@ MAX_GREETING_SIZE = 1 << 16
 """A greeting is about 100 bytes; anything near this is not one."""
 
 
-def check_upstream_greeting(frame: Frame, *, require_tls: bool) -> InitialHandshake:
+def check_upstream_greeting(frame: Frame, *, require_tls: bool, parsed: InitialHandshake | None = None,
+                            ) -> InitialHandshake:
     """The upstream's greeting, parsed and judged: seq 0, the 4.1 protocol, and TLS offered when the
-    route needs it (no silent fallback to plaintext)."""
+    route needs it (no silent fallback to plaintext). `parsed`: the frame's payload parsed already (a
+    parked connection's greeting, parsed when the connection was opened): judged again, not parsed again."""
     if frame.sequence_id != 0:
         raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
-    greeting = parse_initial_handshake(frame.payload)
+    greeting = parse_initial_handshake(frame.payload) if parsed is None else parsed
     if not greeting.capability_flags & CLIENT_PROTOCOL_41:
         raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
     if require_tls and not greeting.capability_flags & CLIENT_SSL:

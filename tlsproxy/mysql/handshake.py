@@ -66,6 +66,7 @@ from tlsproxy.mysql.greeting import (
 from tlsproxy.mysql.machine_core import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET
 from tlsproxy.mysql.messages import (
     AuthSwitchRequest,
+    InitialHandshake,
     parse_auth_switch,
     parse_change_user,
     parse_handshake_response,
@@ -177,14 +178,15 @@ class HandshakeMachine(PrewarmAdoption):
         waiting_for = "the AuthSwitchRequest" if self._state is State.REAUTH else "its greeting"
         raise ServerProtocolError(f"upstream sent a packet before the client answered {waiting_for}")
 
-    def _on_greeting(self, frame: Frame) -> list[Effect]:
+    def _on_greeting(self, frame: Frame, parsed: InitialHandshake | None = None) -> list[Effect]:
+        """`parsed`: an adopted connection's greeting, parsed when the connection was opened."""
         if is_err_greeting(frame):
             # Too many connections, host blocked...: the server's own words, already in the
             # pre-greeting format; pass them on as they are.
             self._set_state(State.CLOSED)
             return [SendToClient(frame.restamped(0).encode()),
                     CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
-        greeting = self._take_greeting(frame)
+        greeting = self._take_greeting(frame, parsed)
         self.auth_plugin = greeting.auth_plugin_name
         patched = patch_greeting_capabilities(frame.payload, greeting, MASKED_CAPABILITIES)
         self._answered_nonce = greeting.nonce
