@@ -255,7 +255,7 @@ class UpstreamPool:
 
     def count(self, event: str) -> None:
         if self._metrics is not None:
-            self._metrics.upstream_pool_events.labels(self.route.name, event).inc()
+            self._metrics.route(self.route.name).child(self._metrics.upstream_pool_events, event).inc()
 
     def close(self) -> None:
         """Stop parking, and close every parked connection (shutdown, or a TLS reload)."""
