@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Coroutine
@@ -28,16 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover - names for the annotations below
     from tlsproxy.mysql.handshake import HandshakeMachine
 
 log = logging.getLogger("tlsproxy.session")
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """No Nagle delay on a TCP leg (each MySQL packet is a whole message)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - a socket already closed
-            pass
 
 
 @dataclass(frozen=True)
@@ -132,7 +121,6 @@ class SessionUpstream:
         if warm.expiry is not None:
             warm.expiry.cancel()
         self.upstream = warm.transport
-        set_nodelay(warm.transport)
         warm.transport.set_protocol(self._upstream_protocol)
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
@@ -200,7 +188,6 @@ class SessionUpstream:
 
     def upstream_connected(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
-        set_nodelay(transport)
 
     async def _start_tls(self) -> None:
         upstream_tls = self.runtime.upstream_tls
