@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from tlsproxy.config import Route, SslMode
-from tlsproxy.metrics import ProxyMetrics, auth_plugin_label
+from tlsproxy.metrics import ProxyMetrics, RouteMetrics, auth_plugin_label
 from tlsproxy.outcome import Outcome
 
 log = logging.getLogger("tlsproxy.session")  # the line keeps the logger name operators filter on
@@ -65,6 +65,7 @@ class ConnectionRecord:
         self.conn_id = conn_id
         self.tls = tls
         self.metrics = metrics
+        self._route_metrics = metrics.route(route.name) if metrics is not None else None
         self.stats = ConnectionStats()
         self.client_address = "-"
         self.refused = False
@@ -89,8 +90,8 @@ class ConnectionRecord:
         stats.auth_seconds = stats.phase_seconds()
         stats.auth_plugin = auth_plugin
         stats.outcome = Outcome.RELAYED
-        if self.metrics is not None:
-            self._record_handshake(self.metrics)
+        if self._route_metrics is not None:
+            self._record_handshake(self._route_metrics)
 
     def end(self, reason: str, outcome: Outcome | None, closed_by: str, *, relayed: bool) -> None:
         """`outcome` None: OK after a relay, ABORTED before it, unless an outcome was already decided."""
@@ -102,11 +103,11 @@ class ConnectionRecord:
         stats.reason = reason
         stats.closed_by = closed_by
         self._log_end()
-        if self.metrics is not None:
-            self._record_end(self.metrics, relayed)
+        if self._route_metrics is not None:
+            self._record_end(self._route_metrics, relayed)
 
-    def _record_handshake(self, metrics: ProxyMetrics) -> None:
-        stats, route = self.stats, self.route.name
+    def _record_handshake(self, route: RouteMetrics) -> None:
+        stats, metrics = self.stats, route.metrics
         phases = {"connect": stats.connect_seconds, "greeting": stats.greeting_seconds, "tls": stats.tls_seconds,
                   "change_user" if stats.reused else "auth": stats.auth_seconds,
                   "total": time.monotonic() - stats.accepted_at}
@@ -114,24 +115,24 @@ class ConnectionRecord:
             del phases["connect"]  # no connect happened: 0 would only flatten the histogram
         for phase, seconds in phases.items():
             if seconds is not None:
-                metrics.handshake_duration.labels(route, phase).observe(seconds)
+                route.child(metrics.handshake_duration, phase).observe(seconds)
         if stats.tls_version is not None and not stats.reused:
             resumed = "yes" if stats.tls_resumed else "no"
-            metrics.tls_handshakes.labels(route, stats.tls_version, stats.tls_cipher or "", resumed).inc()
+            route.child(metrics.tls_handshakes, stats.tls_version, stats.tls_cipher or "", resumed).inc()
             if stats.tls_handshake_cpu_seconds is not None:
-                metrics.tls_handshake_cpu.labels(route, resumed).observe(stats.tls_handshake_cpu_seconds)
+                route.child(metrics.tls_handshake_cpu, resumed).observe(stats.tls_handshake_cpu_seconds)
         if stats.certificate_not_after is not None:
-            metrics.certificate_not_after.labels(route).set(stats.certificate_not_after)
-        metrics.auth_plugins.labels(route, auth_plugin_label(stats.auth_plugin)).inc()
+            route.child(metrics.certificate_not_after).set(stats.certificate_not_after)
+        route.child(metrics.auth_plugins, auth_plugin_label(stats.auth_plugin)).inc()
 
-    def _record_end(self, metrics: ProxyMetrics, relayed: bool) -> None:
-        route = self.route.name
+    def _record_end(self, route: RouteMetrics, relayed: bool) -> None:
+        metrics = route.metrics
         if self.refused:
-            metrics.connections_refused.labels(route, self.stats.outcome).inc()
+            route.child(metrics.connections_refused, self.stats.outcome).inc()
             return
-        metrics.connections_closed.labels(route, self.stats.outcome).inc()
+        route.child(metrics.connections_closed, self.stats.outcome).inc()
         if not relayed:
-            metrics.handshake_failures.labels(route, self.stats.outcome).inc()
+            route.child(metrics.handshake_failures, self.stats.outcome).inc()
 
     def _log_end(self) -> None:
         """One line per connection: key=value text, or (with --log-format json) the same fields as JSON."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import platform
 import ssl
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -121,6 +122,33 @@ class ProxyMetrics:
         build = Gauge("tlsproxy_build_info", "Build information (always 1)",
                       ["version", "python", "openssl"], registry=r)
         build.labels(__version__, platform.python_version(), ssl.OPENSSL_VERSION).set(1)
+        self._routes: dict[str, RouteMetrics] = {}
+
+    def route(self, name: str) -> "RouteMetrics":
+        """The labelled children of route `name`'s metrics, kept for every connection of the route."""
+        children = self._routes.get(name)
+        if children is None:
+            children = self._routes[name] = RouteMetrics(self, name)
+        return children
 
     def add_relayed_bytes_source(self, totals: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
         self.registry.register(_RelayedBytes(totals))
+
+
+class RouteMetrics:
+    """One route's labelled children of the metrics its connections update, each resolved by `labels()` on
+    first use and then reused: `labels()` checks and stringifies the label values and takes a lock, several
+    times per connection otherwise. Made on first use as before, so a series appears when it first counts."""
+
+    def __init__(self, metrics: ProxyMetrics, route: str) -> None:
+        self.metrics = metrics
+        self.route = route
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(route, *labels)`, the same child every time."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.route, *labels)
+        return child

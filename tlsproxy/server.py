@@ -107,7 +107,7 @@ class RouteListener:
         else:
             self.sessions.add(session)
             if self.runtime.metrics is not None:
-                self.runtime.metrics.connections_accepted.labels(self.route.name).inc()
+                self.runtime.metrics.route(self.route.name).child(self.runtime.metrics.connections_accepted).inc()
         return protocol
 
     def _refused_out_of_fds(self, count: int) -> None:

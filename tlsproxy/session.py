@@ -29,7 +29,7 @@ from tlsproxy.mysql.handshake import (
     StartUpstreamTls,
 )
 from tlsproxy.outcome import Outcome
-from tlsproxy.session_upstream import RouteRuntime, SessionUpstream, set_nodelay
+from tlsproxy.session_upstream import RouteRuntime, SessionUpstream
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,10 @@ class Session(SessionUpstream):
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def client_connected(self, transport: asyncio.Transport) -> None:
+        # No Nagle delay on either TCP leg: both event loops set TCP_NODELAY on the transports they make
+        # (test_acceptor.test_both_legs_get_tcp_nodelay_from_the_event_loop).
         self.client = transport
         self.record.note_client(transport)
-        set_nodelay(transport)
         self._spawn(self._handshake())
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Coroutine
@@ -28,16 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover - names for the annotations below
     from tlsproxy.mysql.handshake import HandshakeMachine
 
 log = logging.getLogger("tlsproxy.session")
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """No Nagle delay on a TCP leg (each MySQL packet is a whole message)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - a socket already closed
-            pass
 
 
 @dataclass(frozen=True)
@@ -132,7 +121,6 @@ class SessionUpstream:
         if warm.expiry is not None:
             warm.expiry.cancel()
         self.upstream = warm.transport
-        set_nodelay(warm.transport)
         warm.transport.set_protocol(self._upstream_protocol)
         self.stats.prewarmed = True
         self.stats.connect_seconds = 0.0
@@ -149,7 +137,8 @@ class SessionUpstream:
         self._hold_pooled(pooled)
         self.stats.connect_seconds = 0.0
         self.stats.start_phase()
-        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request))
+        self._run_machine(lambda: self.machine.adopt_pooled_upstream(pooled.greeting_payload, pooled.ssl_request,
+                                                                     pooled.greeting))
 
     def _hold_pooled(self, pooled: PooledUpstream) -> None:
         """Make a parked connection this session's upstream leg (the client's login on it comes next)."""
@@ -187,7 +176,7 @@ class SessionUpstream:
         fitting = pool.take_matching(self.machine.ssl_request) if pool is not None else None
         if fitting is not None:
             self._hold_pooled(fitting)
-            self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload))
+            self._run_machine(lambda: self.machine.use_pooled_replacement(fitting.greeting_payload, fitting.greeting))
             return
         self._spawn(self._connect_replacement())
 
@@ -199,7 +188,6 @@ class SessionUpstream:
 
     def upstream_connected(self, transport: asyncio.Transport) -> None:
         self.upstream = transport
-        set_nodelay(transport)
 
     async def _start_tls(self) -> None:
         upstream_tls = self.runtime.upstream_tls
@@ -251,7 +239,7 @@ class SessionUpstream:
             log.debug("conn=%d upstream not parked: %s", self.conn_id, self.machine.not_parkable_reason)
             return False
         if not pool.park(leg, self.machine.greeting_payload, self._opened_with or self.machine.ssl_request,
-                         uses=self._uses):
+                         uses=self._uses, greeting=self.machine.greeting):
             return False
         self.upstream = None  # the pool's now
         self.stats.parked = True

@@ -33,6 +33,7 @@ from tlsproxy.metrics import ProxyMetrics
 from tlsproxy.mysql.codec import DecodeError, FrameBuffer, encode_frame
 from tlsproxy.mysql.constants import Command, PacketHeader
 from tlsproxy.mysql.greeting import pool_key
+from tlsproxy.mysql.messages import InitialHandshake
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class PooledUpstream:
     """The server's greeting to this connection as it sent it (thread id, nonce, capabilities)."""
     ssl_request: bytes
     """The SSLRequest the connection was opened with: it fixed the capabilities and the charset."""
+    greeting: InitialHandshake | None = field(repr=False, default=None)
+    """`greeting_payload` parsed, when the connection was opened: a greeting never changes, so the clients
+    that log in on the connection later need not parse it again (None: they do)."""
     protocol: "_ParkedProtocol" = field(repr=False, default=None)  # type: ignore[assignment]
     parked_at: float = 0.0
     uses: int = 1
@@ -181,15 +185,17 @@ class UpstreamPool:
 
     # ---- what sessions call ------------------------------------------------------------------
 
-    def park(self, transport: asyncio.Transport, greeting_payload: bytes, ssl_request: bytes, *, uses: int) -> bool:
+    def park(self, transport: asyncio.Transport, greeting_payload: bytes, ssl_request: bytes, *, uses: int,
+             greeting: InitialHandshake | None = None) -> bool:
         """Take over an authenticated upstream whose client left with nothing in flight: reset it, then
-        keep it. False (the caller closes the connection as usual) when the pool is closed or full."""
+        keep it. False (the caller closes the connection as usual) when the pool is closed or full.
+        `greeting`: `greeting_payload` parsed (`PooledUpstream.greeting`)."""
         if self._closed or transport.is_closing():
             return False
         if len(self._idle) + len(self._resetting) >= self.size:
             self.count(PoolEvent.FULL)
             return False
-        connection = PooledUpstream(transport, greeting_payload, ssl_request, uses=uses)
+        connection = PooledUpstream(transport, greeting_payload, ssl_request, greeting, uses=uses)
         protocol = _ParkedProtocol(self, connection)
         connection.protocol = protocol
         transport.set_protocol(protocol)
@@ -249,7 +255,7 @@ class UpstreamPool:
 
     def count(self, event: str) -> None:
         if self._metrics is not None:
-            self._metrics.upstream_pool_events.labels(self.route.name, event).inc()
+            self._metrics.route(self.route.name).child(self._metrics.upstream_pool_events, event).inc()
 
     def close(self) -> None:
         """Stop parking, and close every parked connection (shutdown, or a TLS reload)."""

@@ -215,3 +215,36 @@ def test_listening_sockets_are_made_as_the_event_loops_make_them(tmp_path: Path)
     path.write_text("not a socket")
     with pytest.raises(OSError, match="already in use"):
         unix_listener(path, backlog=8)
+
+
+class NagleProbe(asyncio.Protocol):
+    """Reports whether its transport's TCP socket has Nagle's delay off (TCP_NODELAY)."""
+
+    def __init__(self, found: asyncio.Future[bool]) -> None:
+        self.found = found
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        self.found.set_result(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        transport.close()
+
+
+def test_both_legs_get_tcp_nodelay_from_the_event_loop(event_loop_name: str) -> None:
+    """Both event loops set TCP_NODELAY on the TCP transports the proxy has them make: the clients' (accepted
+    on `tcp_listeners`' sockets, then `connect_accepted_socket`) and the upstreams' (`create_connection`).
+    asyncio's only for a socket whose proto is IPPROTO_TCP, as getaddrinfo gives `tcp_listeners`; uvloop's
+    for every TCP transport. So the proxy does not set it again."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: asyncio.Future[bool] = loop.create_future()
+        connected: asyncio.Future[bool] = loop.create_future()
+        listeners = await tcp_listeners("127.0.0.1", 0, reuse_port=False, backlog=16)
+        acceptor = Acceptor(listeners, lambda: NagleProbe(accepted), on_refused=lambda count: None)
+        try:
+            await loop.create_connection(lambda: NagleProbe(connected), *listeners[0].getsockname())
+            assert await asyncio.wait_for(accepted, 2.0) and await asyncio.wait_for(connected, 2.0)
+        finally:
+            acceptor.close()
+            await acceptor.wait_closed()
+
+    run(event_loop_name, scenario)

@@ -12,6 +12,8 @@ reset), as wire transcripts in the style of test_handshake_prewarm.py (PROTOCOL.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.fixtures import greetings as G
 from tests.fixtures import responses as R
 from tests.support.playbook import (
@@ -26,8 +28,8 @@ from tests.support.playbook import (
     server,
     tls_established,
 )
-from tests.unit.test_handshake import OK, connected, machine, masked, ssl_request, switch, upstream_response
-from tlsproxy.errors import ClientCapabilityError
+from tests.unit.test_handshake import OK, SSL, connected, machine, masked, ssl_request, switch, upstream_response
+from tlsproxy.errors import ClientCapabilityError, UpstreamTlsUnsupportedError
 from tlsproxy.mysql.constants import Capability
 from tlsproxy.mysql.handshake import (
     ClientQuit,
@@ -347,3 +349,25 @@ def test_a_pooled_upstream_gone_after_the_proxy_answered_its_switch_is_still_rep
         >> pooled_upstream_lost
         << ReplaceUpstream
     )
+
+
+def test_a_greeting_parsed_when_the_connection_was_opened_is_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool hands the parked connection's parsed greeting along: adoption uses it, with the same result
+    for the client as a greeting parsed afresh, and still judges it (TLS offered, 4.1)."""
+    from tlsproxy.mysql import greeting as greeting_module
+    from tlsproxy.mysql.messages import parse_initial_handshake
+
+    parsed = parse_initial_handshake(GREETING.payload)
+    fresh = machine(upstream_pool=True).adopt_pooled_upstream(GREETING.payload, ssl_request(RESPONSE))
+
+    def no_parsing(payload: bytes) -> None:
+        raise AssertionError("the greeting was parsed again")
+
+    monkeypatch.setattr(greeting_module, "parse_initial_handshake", no_parsing)
+    m = machine(upstream_pool=True)
+    assert m.adopt_pooled_upstream(GREETING.payload, ssl_request(RESPONSE), parsed) == fresh
+    assert m.greeting is parsed and m.state is State.CLIENT_RESPONSE
+
+    no_tls = parse_initial_handshake(G.variant(GREETING, capability_flags=GREETING.capability_flags & ~SSL))
+    with pytest.raises(UpstreamTlsUnsupportedError):
+        machine(upstream_pool=True).adopt_pooled_upstream(GREETING.payload, ssl_request(RESPONSE), no_tls)

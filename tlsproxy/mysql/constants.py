@@ -53,7 +53,22 @@ class Capability(enum.IntFlag):
     REMEMBER_OPTIONS = 0x80000000
 
 
-MASKED_CAPABILITIES = (
+# The capability bits the per-connection code tests, as plain ints (MySQL's names for them). In Python
+# 3.11 `flags & Capability.SSL`, an int and an IntFlag, runs enum.Flag's operator in Python and builds a
+# Capability member for the result: several per connection, a measurable share of the proxy's CPU.
+CLIENT_LONG_PASSWORD = int(Capability.LONG_PASSWORD)
+CLIENT_CONNECT_WITH_DB = int(Capability.CONNECT_WITH_DB)
+CLIENT_PROTOCOL_41 = int(Capability.PROTOCOL_41)
+CLIENT_SSL = int(Capability.SSL)
+CLIENT_SECURE_CONNECTION = int(Capability.SECURE_CONNECTION)
+CLIENT_PLUGIN_AUTH = int(Capability.PLUGIN_AUTH)
+CLIENT_CONNECT_ATTRS = int(Capability.CONNECT_ATTRS)
+CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA = int(Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA)
+CLIENT_DEPRECATE_EOF = int(Capability.DEPRECATE_EOF)
+CLIENT_OPTIONAL_RESULTSET_METADATA = int(Capability.OPTIONAL_RESULTSET_METADATA)
+CLIENT_ZSTD_COMPRESSION_ALGORITHM = int(Capability.ZSTD_COMPRESSION_ALGORITHM)
+
+MASKED_CAPABILITIES = int(
     Capability.SSL
     | Capability.SSL_VERIFY_SERVER_CERT
     | Capability.COMPRESS
@@ -61,6 +76,7 @@ MASKED_CAPABILITIES = (
     | Capability.MULTI_FACTOR_AUTHENTICATION
 )
 """Cleared in the greeting shown to the client and in what the client sends upstream (PROTOCOL.md §4.2).
+A plain int, like the CLIENT_* bits above.
 
 SSL: the client leg is plaintext. COMPRESS/ZSTD: compressed frames would hide COM_CHANGE_USER, whose
 RSA exchange the proxy must intercept. MULTI_FACTOR_AUTHENTICATION: the machine does not follow

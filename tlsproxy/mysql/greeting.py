@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from tlsproxy.errors import ServerProtocolError, UpstreamRefusedError, UpstreamTlsUnsupportedError
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
-from tlsproxy.mysql.constants import MASKED_CAPABILITIES, Capability, PacketHeader
+from tlsproxy.mysql.constants import (
+    CLIENT_CONNECT_WITH_DB,
+    CLIENT_PROTOCOL_41,
+    CLIENT_SSL,
+    MASKED_CAPABILITIES,
+    PacketHeader,
+)
 from tlsproxy.mysql.messages import (
     InitialHandshake,
     parse_err,
@@ -20,15 +26,17 @@ MAX_GREETING_SIZE = 1 << 16
 """A greeting is about 100 bytes; anything near this is not one."""
 
 
-def check_upstream_greeting(frame: Frame, *, require_tls: bool) -> InitialHandshake:
+def check_upstream_greeting(frame: Frame, *, require_tls: bool, parsed: InitialHandshake | None = None,
+                            ) -> InitialHandshake:
     """The upstream's greeting, parsed and judged: seq 0, the 4.1 protocol, and TLS offered when the
-    route needs it (no silent fallback to plaintext)."""
+    route needs it (no silent fallback to plaintext). `parsed`: the frame's payload parsed already (a
+    parked connection's greeting, parsed when the connection was opened): judged again, not parsed again."""
     if frame.sequence_id != 0:
         raise ServerProtocolError(f"upstream greeting has sequence id {frame.sequence_id}, expected 0")
-    greeting = parse_initial_handshake(frame.payload)
-    if not greeting.capability_flags & Capability.PROTOCOL_41:
+    greeting = parse_initial_handshake(frame.payload) if parsed is None else parsed
+    if not greeting.capability_flags & CLIENT_PROTOCOL_41:
         raise ServerProtocolError("upstream speaks a pre-4.1 protocol, which tlsproxy does not support")
-    if require_tls and not greeting.capability_flags & Capability.SSL:
+    if require_tls and not greeting.capability_flags & CLIENT_SSL:
         raise UpstreamTlsUnsupportedError("upstream does not offer TLS; refusing to send credentials in plaintext")
     return greeting
 
@@ -48,7 +56,7 @@ def pool_key(ssl_request: bytes) -> bytes:
     """What must be equal between the SSLRequest a pooled upstream connection was opened with and a new
     client's, for the client to log in on it (PROTOCOL.md §6.3): all of it but CLIENT_CONNECT_WITH_DB,
     which only says whether the HandshakeResponse names a database (COM_CHANGE_USER always carries one)."""
-    return patch_client_capabilities(ssl_request, clear_bits=Capability.CONNECT_WITH_DB)
+    return patch_client_capabilities(ssl_request, clear_bits=CLIENT_CONNECT_WITH_DB)
 
 
 def ssl_request_frame(ssl_request: bytes) -> bytes:

@@ -33,11 +33,15 @@ from tlsproxy.errors import (
 from tlsproxy.mysql.codec import DecodeError, Frame, FrameBuffer, encode_frame
 from tlsproxy.mysql.command_watcher import CommandWatcher
 from tlsproxy.mysql.constants import (
+    CLIENT_LONG_PASSWORD,
+    CLIENT_PLUGIN_AUTH,
+    CLIENT_SECURE_CONNECTION,
+    CLIENT_SSL,
+    CLIENT_ZSTD_COMPRESSION_ALGORITHM,
     HEADER_SIZE,
     MASKED_CAPABILITIES,
     SSL_REQUEST_SIZE,
     AuthPlugin,
-    Capability,
     Command,
     PacketHeader,
 )
@@ -62,6 +66,7 @@ from tlsproxy.mysql.greeting import (
 from tlsproxy.mysql.machine_core import DEFAULT_MAX_AUTH_PACKETS, DEFAULT_MAX_HANDSHAKE_PACKET
 from tlsproxy.mysql.messages import (
     AuthSwitchRequest,
+    InitialHandshake,
     parse_auth_switch,
     parse_change_user,
     parse_handshake_response,
@@ -182,14 +187,15 @@ class HandshakeMachine(PrewarmAdoption):
         waiting_for = "the AuthSwitchRequest" if self._state is State.REAUTH else "its greeting"
         raise ServerProtocolError(f"upstream sent a packet before the client answered {waiting_for}")
 
-    def _on_greeting(self, frame: Frame) -> list[Effect]:
+    def _on_greeting(self, frame: Frame, parsed: InitialHandshake | None = None) -> list[Effect]:
+        """`parsed`: an adopted connection's greeting, parsed when the connection was opened."""
         if is_err_greeting(frame):
             # Too many connections, host blocked...: the server's own words, already in the
             # pre-greeting format; pass them on as they are.
             self._set_state(State.CLOSED)
             return [SendToClient(frame.restamped(0).encode()),
                     CloseConnection(Outcome.UPSTREAM_ERROR, "upstream refused with an ERR greeting")]
-        greeting = self._take_greeting(frame)
+        greeting = self._take_greeting(frame, parsed)
         self.auth_plugin = greeting.auth_plugin_name
         patched = patch_greeting_capabilities(frame.payload, greeting, MASKED_CAPABILITIES)
         self._answered_nonce = greeting.nonce
@@ -239,7 +245,7 @@ class HandshakeMachine(PrewarmAdoption):
         assert self.client_response is not None and self.greeting is not None
         response = self.client_response
         native_over_our_nonce = switch.plugin_name == AuthPlugin.NATIVE and switch.nonce == self._answered_nonce
-        if not response.capability_flags & Capability.PLUGIN_AUTH:
+        if not response.capability_flags & CLIENT_PLUGIN_AUTH:
             if not native_over_our_nonce:
                 raise ClientCapabilityError(
                     f"the server asked this client to switch to {switch.plugin_name} on a pooled connection, and "
@@ -281,17 +287,17 @@ class HandshakeMachine(PrewarmAdoption):
     def _on_client_response(self, payload: bytes) -> list[Effect]:
         response = parse_handshake_response(payload)
         self._client_protocol_41 = response.protocol_41
-        if response.is_ssl_request or (len(payload) == SSL_REQUEST_SIZE and response.capability_flags & Capability.SSL):
+        if response.is_ssl_request or (len(payload) == SSL_REQUEST_SIZE and response.capability_flags & CLIENT_SSL):
             raise ClientTlsRequestError(
                 "the client asked for TLS, but the proxy's client side is plaintext (TLS is done upstream); "
                 "connect without TLS (mysql --ssl-mode=DISABLED, mariadb --skip-ssl)",
             )
-        if not response.protocol_41 or not response.capability_flags & Capability.SECURE_CONNECTION:
+        if not response.protocol_41 or not response.capability_flags & CLIENT_SECURE_CONNECTION:
             raise ClientCapabilityError("client does not support the 4.1 protocol and authentication")
         if len(payload) <= SSL_REQUEST_SIZE:
             raise ClientProtocolError("client handshake response has no user name")
         patched = patch_client_capabilities(payload, clear_bits=MASKED_CAPABILITIES)
-        if response.capability_flags & Capability.ZSTD_COMPRESSION_ALGORITHM:
+        if response.capability_flags & CLIENT_ZSTD_COMPRESSION_ALGORITHM:
             patched = patched[:-1]  # the zstd level byte, meaningless once ZSTD is cleared
         self.client_response = response
         self._client_response_payload = patched
@@ -348,7 +354,7 @@ class HandshakeMachine(PrewarmAdoption):
         assert self.client_response is not None and self.greeting is not None
         client_flags = int.from_bytes(self._client_response_payload[:4], "little")
         # MariaDB reads the client's extended capabilities only when its CLIENT_MYSQL bit (bit 0) is clear.
-        extended = 0 if client_flags & Capability.LONG_PASSWORD else (
+        extended = 0 if client_flags & CLIENT_LONG_PASSWORD else (
             self.client_response.mariadb_extended_capabilities & self.greeting.mariadb_extended_capabilities)
         follower = ResponseFollower(capability_flags=client_flags & self.greeting.capability_flags,
                                     mariadb_extended_capabilities=extended)

@@ -163,8 +163,9 @@ class MachineCore:
         self._client_seq = (self._client_seq - self._client_packets_this_step) & 0xFF
         self._greeting_sent, self.logged_in = greeting_sent, logged_in
 
-    def _take_greeting(self, frame: Frame) -> InitialHandshake:
-        greeting = check_upstream_greeting(frame, require_tls=self.upstream_tls)
+    def _take_greeting(self, frame: Frame, parsed: InitialHandshake | None = None) -> InitialHandshake:
+        """`parsed`: the greeting's payload parsed already (`check_upstream_greeting`)."""
+        greeting = check_upstream_greeting(frame, require_tls=self.upstream_tls, parsed=parsed)
         self.greeting = greeting
         self.greeting_payload = frame.payload
         self._nonce = greeting.nonce

@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tlsproxy.mysql.codec import DecodeError, Reader, encode_lenenc_int
-from tlsproxy.mysql.constants import SSL_REQUEST_SIZE, Capability, Command, PacketHeader
+from tlsproxy.mysql.constants import (
+    CLIENT_CONNECT_ATTRS,
+    CLIENT_CONNECT_WITH_DB,
+    CLIENT_LONG_PASSWORD,
+    CLIENT_PLUGIN_AUTH,
+    CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
+    CLIENT_PROTOCOL_41,
+    CLIENT_SECURE_CONNECTION,
+    CLIENT_SSL,
+    SSL_REQUEST_SIZE,
+    Command,
+    PacketHeader,
+)
 
 PROTOCOL_VERSION_10 = 0x0A
 
@@ -63,14 +75,14 @@ def parse_initial_handshake(payload: bytes) -> InitialHandshake:
     auth_data_length = reader.int_le(1, "auth_plugin_data_len")
     reserved = reader.fixed(10, "reserved")
     mariadb_extended = 0
-    if not capabilities & Capability.LONG_PASSWORD:
+    if not capabilities & CLIENT_LONG_PASSWORD:
         mariadb_extended = int.from_bytes(reserved[6:10], "little")
     auth_data = part1
-    if capabilities & Capability.SECURE_CONNECTION:
+    if capabilities & CLIENT_SECURE_CONNECTION:
         part2_length = max(13, auth_data_length - 8)
         auth_data += reader.fixed(part2_length, "auth_plugin_data_part_2")
     plugin_name = ""
-    if capabilities & Capability.PLUGIN_AUTH and not reader.at_end():
+    if capabilities & CLIENT_PLUGIN_AUTH and not reader.at_end():
         # Some servers omit the final NUL of the plugin name.
         rest = reader.rest()
         plugin_name = rest.split(b"\x00", 1)[0].decode("ascii", "replace")
@@ -117,7 +129,7 @@ class HandshakeResponse:
 
     @property
     def protocol_41(self) -> bool:
-        return bool(self.capability_flags & Capability.PROTOCOL_41)
+        return bool(self.capability_flags & CLIENT_PROTOCOL_41)
 
 
 def parse_handshake_response(payload: bytes) -> HandshakeResponse:
@@ -125,10 +137,10 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     if len(payload) < 4:
         raise DecodeError("truncated client_flag")
     flags = int.from_bytes(payload[0:2], "little")
-    if not flags & Capability.PROTOCOL_41:
+    if not flags & CLIENT_PROTOCOL_41:
         # HandshakeResponse320 / 5-byte SSLRequest: the proxy refuses these (no 4.1 auth).
         return HandshakeResponse(flags, 0, 0, 0, b"", b"", None, "", (0, 0), (0, 0),
-                                 bool(flags & Capability.SSL) and len(payload) <= 5)
+                                 bool(flags & CLIENT_SSL) and len(payload) <= 5)
     capability_flags = reader.int_le(4, "client_flag")
     max_packet_size = reader.int_le(4, "max_packet_size")
     character_set = reader.int_le(1, "character_set")
@@ -136,14 +148,14 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
     extended = reader.int_le(4, "mariadb_extended_capabilities")
     if reader.at_end():
         return HandshakeResponse(capability_flags, max_packet_size, character_set, extended, b"", b"",
-                                 None, "", (0, 0), (0, 0), bool(capability_flags & Capability.SSL))
+                                 None, "", (0, 0), (0, 0), bool(capability_flags & CLIENT_SSL))
     username = reader.null_terminated("username")
     length_start = reader.position
-    if capability_flags & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+    if capability_flags & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA:
         auth_length = reader.lenenc_int("auth_response_length")
         length_span = (length_start, reader.position)
         auth_response = reader.fixed(auth_length, "auth_response")
-    elif capability_flags & Capability.SECURE_CONNECTION:
+    elif capability_flags & CLIENT_SECURE_CONNECTION:
         auth_length = reader.int_le(1, "auth_response_length")
         length_span = (length_start, reader.position)
         auth_response = reader.fixed(auth_length, "auth_response")
@@ -152,10 +164,10 @@ def parse_handshake_response(payload: bytes) -> HandshakeResponse:
         auth_response = reader.null_terminated("auth_response")
     auth_span = (length_span[1], length_span[1] + len(auth_response))
     database = None
-    if capability_flags & Capability.CONNECT_WITH_DB and not reader.at_end():
+    if capability_flags & CLIENT_CONNECT_WITH_DB and not reader.at_end():
         database = reader.null_terminated("database")
     plugin_name = ""
-    if capability_flags & Capability.PLUGIN_AUTH and not reader.at_end():
+    if capability_flags & CLIENT_PLUGIN_AUTH and not reader.at_end():
         plugin_name = reader.null_terminated("client_plugin_name").decode("ascii", "replace")
     return HandshakeResponse(capability_flags, max_packet_size, character_set, extended, username,
                              auth_response, database, plugin_name, length_span, auth_span, False, reader.position)
@@ -169,7 +181,7 @@ def change_user_from_response(payload: bytes, response: HandshakeResponse) -> by
     database is always present; the collation takes two bytes."""
     flags = response.capability_flags
     auth = response.auth_response
-    if flags & (Capability.SECURE_CONNECTION | Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA):
+    if flags & (CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA):
         if len(auth) > 255:
             raise ValueError("auth data longer than 255 bytes does not fit COM_CHANGE_USER")
         auth_field = bytes((len(auth),)) + auth
@@ -177,9 +189,9 @@ def change_user_from_response(payload: bytes, response: HandshakeResponse) -> by
         auth_field = auth + b"\x00"
     out = (bytes((Command.CHANGE_USER,)) + response.username + b"\x00" + auth_field + (response.database or b"")
            + b"\x00" + response.character_set.to_bytes(2, "little"))
-    if flags & Capability.PLUGIN_AUTH:
+    if flags & CLIENT_PLUGIN_AUTH:
         out += response.auth_plugin_name.encode("ascii") + b"\x00"
-    if flags & Capability.CONNECT_ATTRS and response.attributes_start >= 0:
+    if flags & CLIENT_CONNECT_ATTRS and response.attributes_start >= 0:
         out += payload[response.attributes_start:]
     return out
 
@@ -192,16 +204,16 @@ def patch_client_capabilities(payload: bytes, *, set_bits: int = 0, clear_bits: 
 
 def ssl_request_from_response(response_payload: bytes, clear_bits: int) -> bytes:
     """SSLRequest = the client's own 32-byte prefix with CLIENT_SSL set (PROTOCOL.md §3.2, §4.1 step 4)."""
-    return patch_client_capabilities(response_payload[:SSL_REQUEST_SIZE], set_bits=Capability.SSL,
+    return patch_client_capabilities(response_payload[:SSL_REQUEST_SIZE], set_bits=CLIENT_SSL,
                                      clear_bits=clear_bits)
 
 
 def replace_auth_response(payload: bytes, response: HandshakeResponse, auth_response: bytes) -> bytes:
     """The HandshakeResponse with its auth response swapped, the length prefix re-encoded per its flags."""
     flags = response.capability_flags
-    if flags & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+    if flags & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA:
         length = encode_lenenc_int(len(auth_response))
-    elif flags & Capability.SECURE_CONNECTION:
+    elif flags & CLIENT_SECURE_CONNECTION:
         if len(auth_response) > 255:
             raise ValueError("auth response too long for a 1-byte length")
         length = bytes((len(auth_response),))
@@ -210,7 +222,7 @@ def replace_auth_response(payload: bytes, response: HandshakeResponse, auth_resp
         auth_response = auth_response.rstrip(b"\x00")
     start, _ = response.auth_length_span
     _, end = response.auth_response_span
-    if not flags & (Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA | Capability.SECURE_CONNECTION):
+    if not flags & (CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | CLIENT_SECURE_CONNECTION):
         end += 1  # the old form's NUL terminator is re-added below
         auth_response += b"\x00"
     return payload[:start] + length + auth_response + payload[end:]
@@ -277,7 +289,7 @@ def parse_change_user(payload: bytes, capability_flags: int) -> ChangeUser:
     reader = Reader(payload)
     reader.fixed(1, "command")
     username = reader.null_terminated("username")
-    if capability_flags & Capability.SECURE_CONNECTION:
+    if capability_flags & CLIENT_SECURE_CONNECTION:
         reader.fixed(reader.int_le(1, "auth_response_length"), "auth_response")
     else:
         reader.null_terminated("auth_response")
@@ -285,6 +297,6 @@ def parse_change_user(payload: bytes, capability_flags: int) -> ChangeUser:
     plugin_name = ""
     if reader.remaining >= 2:
         reader.fixed(2, "character_set")
-        if capability_flags & Capability.PLUGIN_AUTH and not reader.at_end():
+        if capability_flags & CLIENT_PLUGIN_AUTH and not reader.at_end():
             plugin_name = reader.null_terminated("auth_plugin_name").decode("ascii", "replace")
     return ChangeUser(username, plugin_name)

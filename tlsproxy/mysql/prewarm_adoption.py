@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from tlsproxy.errors import ClientCapabilityError, ServerProtocolError
 from tlsproxy.mysql.codec import Frame, FrameBuffer
-from tlsproxy.mysql.constants import Capability
+from tlsproxy.mysql.constants import CLIENT_PLUGIN_AUTH
 from tlsproxy.mysql.effects import CloseConnection, Effect, ReplaceUpstream, SendToServer, StartUpstreamTls
 from tlsproxy.mysql.greeting import is_err_greeting, ssl_request_frame
 from tlsproxy.mysql.machine_core import MachineCore
-from tlsproxy.mysql.messages import AuthSwitchRequest, HandshakeResponse, parse_handshake_response
+from tlsproxy.mysql.messages import AuthSwitchRequest, HandshakeResponse, InitialHandshake, parse_handshake_response
 from tlsproxy.mysql.states import State
 from tlsproxy.outcome import Outcome
 
@@ -40,28 +40,33 @@ class PrewarmAdoption(MachineCore):
         self._warm_ssl_request = ssl_request
         return self._step(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
 
-    def adopt_pooled_upstream(self, greeting_payload: bytes, ssl_request: bytes) -> list[Effect]:
+    def adopt_pooled_upstream(self, greeting_payload: bytes, ssl_request: bytes,
+                              greeting: InitialHandshake | None = None) -> list[Effect]:
         """Start with a parked upstream connection (`tlsproxy.upstream_pool`): authenticated for an earlier
         client, then reset. Its own greeting goes to the client (server version, thread id, nonce); if
         the client's SSLRequest prefix is the one the connection was opened with, its HandshakeResponse
         goes up as COM_CHANGE_USER (seq 0), and whatever the server answers continues the client's login
-        (PROTOCOL.md §6). If not, `ReplaceUpstream`, as for a prewarmed connection."""
+        (PROTOCOL.md §6). If not, `ReplaceUpstream`, as for a prewarmed connection. `greeting`: the
+        payload parsed when the connection was opened (the pool keeps it), so it is not parsed again."""
         if self._state is not State.GREETING or not self.upstream_tls:
             raise RuntimeError(f"adopt_pooled_upstream in state {self._state}")
         self.pooled = True
         self._warm_ssl_request = ssl_request
-        return self._step(lambda: self._on_greeting(Frame(0, greeting_payload)), ServerProtocolError, "upstream")
+        return self._step(lambda: self._on_greeting(Frame(0, greeting_payload), greeting), ServerProtocolError,
+                          "upstream")
 
-    def use_pooled_replacement(self, greeting_payload: bytes) -> list[Effect]:
+    def use_pooled_replacement(self, greeting_payload: bytes, greeting: InitialHandshake | None = None,
+                               ) -> list[Effect]:
         """After `ReplaceUpstream`, a parked connection opened with this client's own SSLRequest: the
         client's HandshakeResponse goes up as COM_CHANGE_USER. Its auth data answered another
         connection's nonce, but for a CLIENT_PLUGIN_AUTH client (required to get here) both servers
-        discard it and start with an AuthSwitchRequest carrying this connection's nonce (PROTOCOL.md §6)."""
+        discard it and start with an AuthSwitchRequest carrying this connection's nonce (PROTOCOL.md §6).
+        `greeting`: as for `adopt_pooled_upstream`."""
         if self._state is not State.REPLACING:
             raise RuntimeError(f"use_pooled_replacement in state {self._state}")
 
         def step() -> list[Effect]:
-            self._take_greeting(Frame(0, greeting_payload))
+            self._take_greeting(Frame(0, greeting_payload), greeting)
             self.pooled = True
             self.prewarm_mismatch = False
             self._set_state(State.AUTH)
@@ -82,7 +87,7 @@ class PrewarmAdoption(MachineCore):
         if self._state is not State.AUTH or self._client_seq != 2 or self.rsa_exchange_emulated:
             return []  # the client saw a server packet (or the proxy's key): too late to start over
         assert self.client_response is not None
-        if not self.client_response.capability_flags & Capability.PLUGIN_AUTH:
+        if not self.client_response.capability_flags & CLIENT_PLUGIN_AUTH:
             return []
         self.pooled = False
         self.prewarm_mismatch = True
@@ -95,7 +100,7 @@ class PrewarmAdoption(MachineCore):
         return [ReplaceUpstream("the pooled upstream connection was gone")]
 
     def _replace_prewarmed_upstream(self, response: HandshakeResponse) -> list[Effect]:
-        if not response.capability_flags & Capability.PLUGIN_AUTH:
+        if not response.capability_flags & CLIENT_PLUGIN_AUTH:
             what, key = ("pooled", "upstream_pool") if self.pooled else ("prewarmed", "prewarm")
             raise ClientCapabilityError(
                 f"this client's capabilities differ from the {what} upstream connection's, and it cannot "

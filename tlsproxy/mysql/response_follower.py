@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from collections import deque
 
-from tlsproxy.mysql.constants import HEADER_SIZE, MAX_PACKET_PAYLOAD, Capability, Command
+from tlsproxy.mysql.constants import (
+    CLIENT_DEPRECATE_EOF,
+    CLIENT_OPTIONAL_RESULTSET_METADATA,
+    CLIENT_PROTOCOL_41,
+    HEADER_SIZE,
+    MAX_PACKET_PAYLOAD,
+    Command,
+)
 
 # Commands: the first payload byte of a client packet at seq 0 (MariaDB include/mysql_com.h).
 COM_INIT_DB, COM_QUERY, COM_FIELD_LIST, COM_REFRESH, COM_STATISTICS = 0x02, 0x03, 0x04, 0x07, 0x09
@@ -93,7 +100,7 @@ class ResponseFollower:
         MARIADB_CLIENT_CACHE_METADATA (extended capability) adds a metadata-follows byte to column counts
         and lets COM_STMT_EXECUTE skip column definitions. Packets that do not fit these capabilities (a
         column count of the wrong length, an EOF where an OK 0xFE must be) set `lost`."""
-        self._deprecate_eof = bool(capability_flags & Capability.DEPRECATE_EOF)
+        self._deprecate_eof = bool(capability_flags & CLIENT_DEPRECATE_EOF)
         self._terminator_limit = MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_LIMIT
         self._cache_metadata = bool(mariadb_extended_capabilities & MARIADB_CLIENT_CACHE_METADATA)
         self._commands: deque[int] = deque()
@@ -109,9 +116,9 @@ class ResponseFollower:
         self._continuing = False  # the current packet goes on in the next frame (a frame of 0xFFFFFF)
         self._pending = b""  # an incomplete frame header, or the first bytes a decision needs
         self._lost: str | None = None
-        if not capability_flags & Capability.PROTOCOL_41:
+        if not capability_flags & CLIENT_PROTOCOL_41:
             self._lost = "the connection does not use the 4.1 protocol (OK and EOF carry no status flags)"
-        elif capability_flags & Capability.OPTIONAL_RESULTSET_METADATA:
+        elif capability_flags & CLIENT_OPTIONAL_RESULTSET_METADATA:
             self._lost = "CLIENT_OPTIONAL_RESULTSET_METADATA (MySQL) is negotiated; its metadata flag is not followed"
 
     @property
