@@ -1,5 +1,5 @@
 """The client leg's cheapest form, head to head: `python -m bench.client_leg [--seconds S] [--repetitions N]
-[--out DIR] [--loops uvloop,asyncio]`.
+[--out DIR] [--loops uvloop,asyncio] [--pin]`.
 
 tlsproxy's client leg (the plaintext MySQL client on a local TCP port or Unix socket) is an
 asyncio.Protocol today: data_received gets a fresh bytes object per read and replies go through
@@ -23,6 +23,11 @@ Per sample: round trips/s (the clients' sum) and the leg server's CPU per round 
 /proc/<pid>/task/*/schedstat (ns on the CPU) and, as a cross-check, /proc/<pid>/stat utime+stime
 (clock ticks). Repetitions are interleaved and the order of the forms rotates (A B C, B C A, ...) within
 each cell (loop x leg x clients). Writes client_leg.json and report.md (medians, [min-max]) to --out.
+
+Unpinned, a one-client sample is bimodal (measured on 2 cores: about 5-8 or 17-21 us per round trip,
+whether the client and the leg server share a core or wake each other across cores), whatever the form.
+--pin puts the leg servers on the last CPU and the clients on the others: every sample is then the
+cross-core case, and the spread of 5 repetitions falls to a few percent.
 """
 
 from __future__ import annotations
