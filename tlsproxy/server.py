@@ -57,10 +57,13 @@ class RouteListener:
         self.address: str = str(self.route.listen)
         self._refused_unlogged = 0
         self._refusal_logged_at = float("-inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop it listens on (start), handed to each session."""
 
     async def start(self) -> None:
         """Listen on the proxy's own accept loop (acceptor.py: refusing clients when out of file
         descriptors); StartupError (one line: the address, the cause, the fix) when the address cannot be had."""
+        self._loop = asyncio.get_running_loop()
         try:
             await self._listen()
         except OSError as exc:
@@ -95,7 +98,7 @@ class RouteListener:
         return self._server.sockets[0].getsockname()[1]
 
     def _new_protocol(self) -> ClientSide:
-        session = Session(self.runtime, next(_conn_ids), self._session_closed)
+        session = Session(self.runtime, next(_conn_ids), self._session_closed, loop=self._loop)
         protocol = ClientSide(session)
         if self._draining:
             protocol.connection_made = lambda transport: session.refuse(  # type: ignore[method-assign]

@@ -42,7 +42,9 @@ __all__ = ["ClientSide", "ConnectionStats", "RouteRuntime", "Session"]
 class Session(SessionUpstream):
     """Created for each accepted client; `on_closed` is called exactly once, when both legs are gone."""
 
-    def __init__(self, runtime: RouteRuntime, conn_id: int, on_closed: Callable[["Session"], None]) -> None:
+    def __init__(self, runtime: RouteRuntime, conn_id: int, on_closed: Callable[["Session"], None], *,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop`: the running loop, when the caller has it at hand (asking for it costs a system call)."""
         self.runtime = runtime
         self.route = runtime.route
         self.conn_id = conn_id
@@ -50,7 +52,7 @@ class Session(SessionUpstream):
                                        metrics=runtime.metrics)
         self.stats = self.record.stats
         self._on_closed = on_closed
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self.machine = HandshakeMachine(upstream_tls=runtime.upstream_tls is not None, auth_key=runtime.auth_key,
                                         upstream_pool=runtime.upstream_pool is not None)
         self._init_upstream()
@@ -58,7 +60,7 @@ class Session(SessionUpstream):
         self.upstream: asyncio.Transport | None = None
         self._upstream_protocol: upstream.UpstreamSide | None = upstream.UpstreamSide(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._relay_started = asyncio.Event()
+        self._handshake_deadline: asyncio.TimerHandle | None = None
         self._closed = False
         self._client_eof = False
         self._server_eof = False
@@ -77,7 +79,15 @@ class Session(SessionUpstream):
         # (test_acceptor.test_both_legs_get_tcp_nodelay_from_the_event_loop).
         self.client = transport
         self.record.note_client(transport)
-        self._spawn(self._handshake())
+        self._handshake_deadline = self._loop.call_later(self.route.handshake_timeout, self._handshake_timed_out)
+        try:
+            adopted = self._adopt_parked_upstream()  # the pool's connection is had at once; else a task gets one
+        except Exception:  # a bug: log it whole, keep serving others
+            log.exception("conn=%d internal error adopting a parked upstream", self.conn_id)
+            self.close("internal error", outcome=Outcome.INTERNAL_ERROR)
+            return
+        if not adopted:
+            self._spawn(self._handshake())
 
     def refuse(self, transport: asyncio.Transport, error: TlsProxyError) -> None:
         """Answer a client the proxy will not serve (max connections, draining) with a first-packet ERR."""
@@ -95,15 +105,17 @@ class Session(SessionUpstream):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _handshake_timed_out(self) -> None:
+        """`handshake_timeout` after the client came, it is not logged in: whatever phase it is in ends."""
+        self._handshake_deadline = None
+        if not self._closed and not self.machine.logged_in:
+            self.fail(HandshakeTimeoutError(f"handshake timed out after {self.route.handshake_timeout:g}s "
+                                            f"(phase: {self.machine.state.value})"))
+
     async def _handshake(self) -> None:
-        route = self.route
+        """A prewarmed or a fresh upstream (`_acquire_upstream`); the login goes on in the protocol callbacks."""
         try:
-            async with asyncio.timeout(route.handshake_timeout):
-                await self._acquire_upstream()
-                await self._relay_started.wait()
-        except TimeoutError:
-            self.fail(HandshakeTimeoutError(
-                f"handshake timed out after {route.handshake_timeout:g}s (phase: {self.machine.state.value})"))
+            await self._acquire_upstream()
         except TlsProxyError as error:
             self.fail(error)
         except asyncio.CancelledError:
@@ -144,7 +156,9 @@ class Session(SessionUpstream):
             upstream.keep_tls_session(self.runtime.upstream_tls, self.upstream, self.stats.certificate_not_after)
         if self.runtime.prewarm is not None and self.machine.ssl_request:
             self.runtime.prewarm.learn(self.machine.ssl_request)
-        self._relay_started.set()
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+            self._handshake_deadline = None
         self.record.relay_started(self.machine.auth_plugin)
         if self.route.idle_timeout:
             self._idle_timer = self._loop.call_later(self.route.idle_timeout, self._check_idle)
@@ -289,7 +303,7 @@ class Session(SessionUpstream):
         if self._closed:
             return
         self._closed = True
-        for timer in (self._idle_timer, self._linger_timer):
+        for timer in (self._idle_timer, self._linger_timer, self._handshake_deadline):
             if timer is not None:
                 timer.cancel()
         upstream_leg = self.upstream
@@ -321,7 +335,7 @@ class Session(SessionUpstream):
         self._upstream_protocol = None  # it keeps pointing here, for its late callbacks
         self.machine.discard()
         self._tasks.clear()
-        self._idle_timer = self._linger_timer = None
+        self._idle_timer = self._linger_timer = self._handshake_deadline = None
 
     def abort(self, reason: str) -> None:
         """Close now without flushing (shutdown after the drain period)."""

@@ -71,13 +71,18 @@ class SessionUpstream:
         """Clients the upstream connection has served, this one included."""
         self._park_tried = False
 
-    async def _acquire_upstream(self) -> None:
-        """A parked connection, else a prewarmed one, else a fresh connect."""
-        pool, prewarm = self.runtime.upstream_pool, self.runtime.prewarm
+    def _adopt_parked_upstream(self) -> bool:
+        """A parked connection for the client that just came, if the pool has one (no task, no wait)."""
+        pool = self.runtime.upstream_pool
         pooled = pool.take(self._preferred_ssl_request()) if pool is not None else None
-        if pooled is not None:
-            self._adopt_pooled(pooled)
-            return
+        if pooled is None:
+            return False
+        self._adopt_pooled(pooled)
+        return True
+
+    async def _acquire_upstream(self) -> None:
+        """No parked connection was free: a prewarmed one, else a fresh connect."""
+        prewarm = self.runtime.prewarm
         warm = prewarm.take() if prewarm is not None else None
         if warm is not None:
             self._adopt_prewarmed(warm)

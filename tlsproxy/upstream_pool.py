@@ -120,7 +120,7 @@ class _ParkedProtocol(asyncio.BufferedProtocol):
 
     def start_timer(self, seconds: float, callback: Callable[[], None]) -> None:
         self.cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(seconds, callback)
+        self._timer = self._pool.loop.call_later(seconds, callback)
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
@@ -174,6 +174,14 @@ class UpstreamPool:
         self._resetting: set[PooledUpstream] = set()
         """Connections whose reset is under way."""
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the pool's connections live on, asked for once (each asking costs a system call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def __len__(self) -> int:
         """Parked connections ready for a client."""

@@ -433,7 +433,27 @@ async def test_close_cancels_every_task_the_session_started(monkeypatch: pytest.
     h.client_sends(frame(1, R.LIBMYSQLCLIENT_MYSQL80_DB.payload))
     await settle()
     started = asyncio.all_tasks() - before
-    assert len(started) == 2  # the handshake, and the TLS upgrade it is waiting for
+    assert len(started) == 1  # the TLS upgrade (the connect's task ended when the upstream was had)
+    h.session.close("shutting down", outcome=Outcome.ABORTED)
+    await settle()
+    assert all(task.cancelled() for task in started)
+    assert end_line(caplog)["outcome"] == "aborted"
+
+
+class StuckConnectHarness(Harness):
+    async def connect(self, factory: upstream.ProtocolFactory, host: str, port: int,
+                      ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@in_loop
+async def test_close_cancels_a_connect_under_way(caplog: pytest.LogCaptureFixture) -> None:
+    before = asyncio.all_tasks()
+    h = StuckConnectHarness(route())
+    await h.accept()
+    started = asyncio.all_tasks() - before
+    assert len(started) == 1  # the handshake's connect
     h.session.close("shutting down", outcome=Outcome.ABORTED)
     await settle()
     assert all(task.cancelled() for task in started)
@@ -518,16 +538,25 @@ async def test_a_client_that_quits_leaves_its_upstream_reset_and_parked(monkeypa
     h.pool.close()
 
 
-@in_loop
-async def test_the_next_client_logs_in_on_the_parked_connection_through_com_change_user(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    h = PooledHarness(monkeypatch)
+async def parked_then_next_client(h: PooledHarness, caplog: pytest.LogCaptureFixture,
+                                  **route_changes: Any) -> FakeTransport:
+    """The first client quits, the reset is answered (parked); then the next client comes (log cleared)."""
     upgraded = await first_login_then_quit(h)
     h.parked_sends(frame(1, OK_PACKET))
     upgraded.take()
     caplog.clear()
+    if route_changes:
+        h.runtime = dataclasses.replace(h.runtime, route=dataclasses.replace(h.route, **route_changes))
     h.next_client()
     await h.accept()
+    return upgraded
+
+
+@in_loop
+async def test_the_next_client_logs_in_on_the_parked_connection_through_com_change_user(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    h = PooledHarness(monkeypatch)
+    upgraded = await parked_then_next_client(h, caplog)
     assert h.dialed == [("db.internal", 3306)]  # no second connect
     assert h.client.take() == frame(0, masked_greeting(G.MARIADB_10_11_CAPTURED))  # the parked one's own
     response = R.CONNECTORC_MARIADB_NODB.payload
@@ -556,6 +585,21 @@ async def test_the_next_client_logs_in_on_the_parked_connection_through_com_chan
     h.session.close("test over")
     assert end_line(caplog)["reused"] is True
     h.pool.close()
+
+
+@in_loop
+async def test_a_client_on_a_parked_connection_that_never_answers_the_greeting_times_out(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The parked connection is had without a task; the handshake deadline still runs from the client's arrival."""
+    h = PooledHarness(monkeypatch)
+    upgraded = await parked_then_next_client(h, caplog, handshake_timeout=0.05)
+    assert h.client.take() == frame(0, masked_greeting(G.MARIADB_10_11_CAPTURED))
+    await asyncio.sleep(0.1)
+    assert h.client.take() == err_frame(
+        2, 1159, "08S01", "tlsproxy: handshake timed out after 0.05s (phase: client_response)")
+    assert upgraded.closed and len(h.pool) == 0  # the adopted connection is not parked again
+    assert h.closed[-1] is h.session and h.client.closed
+    assert end_line(caplog)["outcome"] == "handshake_timeout"
 
 
 @in_loop
