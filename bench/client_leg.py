@@ -84,8 +84,8 @@ def _nodelay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class ProtocolLeg(asyncio.Protocol):
-    """Today's form: a fresh bytes object per read."""
+class _TransportLeg:
+    """What the two transport forms share: the reply per whole request, and backpressure."""
 
     def __init__(self) -> None:
         self.partial = 0  # bytes of a request not yet whole
@@ -95,34 +95,7 @@ class ProtocolLeg(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         _nodelay(transport.get_extra_info("socket"))
 
-    def data_received(self, data: bytes) -> None:
-        replies, self.partial = divmod(self.partial + len(data), REQUEST_SIZE)
-        if replies:
-            self.transport.write(REPLY if replies == 1 else REPLY * replies)  # type: ignore[union-attr]
-
-    def pause_writing(self) -> None:
-        self.transport.pause_reading()  # type: ignore[union-attr]
-
-    def resume_writing(self) -> None:
-        self.transport.resume_reading()  # type: ignore[union-attr]
-
-
-class BufferedLeg(asyncio.BufferedProtocol):
-    """One bytearray per connection, read into again and again."""
-
-    def __init__(self) -> None:
-        self.partial = 0
-        self.buffer = memoryview(bytearray(READ_SIZE))
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        _nodelay(transport.get_extra_info("socket"))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def answer(self, nbytes: int) -> None:
         replies, self.partial = divmod(self.partial + nbytes, REQUEST_SIZE)
         if replies:
             self.transport.write(REPLY if replies == 1 else REPLY * replies)  # type: ignore[union-attr]
@@ -132,6 +105,27 @@ class BufferedLeg(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.transport.resume_reading()  # type: ignore[union-attr]
+
+
+class ProtocolLeg(_TransportLeg, asyncio.Protocol):
+    """Today's form: a fresh bytes object per read."""
+
+    def data_received(self, data: bytes) -> None:
+        self.answer(len(data))
+
+
+class BufferedLeg(_TransportLeg, asyncio.BufferedProtocol):
+    """One bytearray per connection, read into again and again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = memoryview(bytearray(READ_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.answer(nbytes)
 
 
 class RawLeg:
